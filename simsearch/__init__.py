@@ -18,6 +18,7 @@ from .backbones import (
 from .embed import Embedder
 from .errors import BackboneError, ImageError, IndexFormatError, IndexLockedError, SimsearchError
 from .evaluate import evaluate_index, map_at_r, recall_at_k, retrieval_metrics
+from .finetuning import FinetuneResult, finetune
 from .images import load_image, scan
 from .index import Index, Item, Manifest, UpdateReport, open_index
 from .index import build_index as _build_index
@@ -41,6 +42,7 @@ __all__ = [
     "Backbone",
     "BackboneError",
     "Embedder",
+    "FinetuneResult",
     "Hit",
     "ImageError",
     "Index",
@@ -54,6 +56,7 @@ __all__ = [
     "build_index",
     "create_backbone",
     "evaluate_index",
+    "finetune",
     "list_backbones",
     "load_image",
     "map_at_r",

@@ -155,11 +155,32 @@ def _make_backbone(name: str, arch: str, model, extra: dict | None = None, data_
     )
 
 
+def _hub_unresolvable() -> bool:
+    """True when the model hub's host name does not resolve (no network): fail at once, not after a minute of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")):
+        return False  # already offline, or a proxy resolves names for us
+    try:
+        socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname or "huggingface.co", 443)
+    except OSError:
+        return True
+    return False
+
+
 def _from_timm_hub(timm_name: str, *, pretrained: bool, spec: str) -> Backbone:
+    import contextlib
+    from unittest import mock
+
     import timm
 
     try:
-        model = timm.create_model(timm_name, pretrained=pretrained, num_classes=0)
+        offline = pretrained and _hub_unresolvable()  # then only weights already in the local cache can load
+        with mock.patch("huggingface_hub.constants.HF_HUB_OFFLINE", True) if offline else contextlib.nullcontext():
+            model = timm.create_model(timm_name, pretrained=pretrained, num_classes=0)
     except Exception as e:  # hub errors come in many types (OSError, HTTPError, LocalEntryNotFoundError...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BackboneError(
@@ -241,7 +262,10 @@ def _read_state_dict(path: Path) -> dict:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as e:  # SafetensorError, OSError...
+            raise BackboneError(f"cannot read checkpoint {path}: {str(e).splitlines()[0][:200]}") from None
     import torch
 
     try:
@@ -270,7 +294,12 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None) -> Backbone:
         card_path = path / CHECKPOINT_CARD
         if not card_path.exists():
             raise BackboneError(f"{path} is not a simsearch checkpoint: it has no {CHECKPOINT_CARD}")
-        card = json.loads(card_path.read_text())
+        try:
+            card = json.loads(card_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise BackboneError(f"cannot read {card_path}: {e}") from None
+        if not isinstance(card, dict) or not isinstance(card.get("arch", ""), str):
+            raise BackboneError(f"{card_path}: not a checkpoint card (a JSON object with a string 'arch')")
         weights = next((path / w for w in CHECKPOINT_WEIGHTS if (path / w).exists()), None)
         if weights is None:
             raise BackboneError(f"checkpoint {path} has no weights file ({' or '.join(CHECKPOINT_WEIGHTS)})")
@@ -286,7 +315,13 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None) -> Backbone:
     body_sd = {k.removeprefix("body."): v for k, v in sd.items() if not k.startswith("head.")}
     classifier = getattr(model, "default_cfg", {}).get("classifier", "classifier")
     body_sd = {k: v for k, v in body_sd.items() if not k.startswith(f"{classifier}.")}
-    missing, unexpected = model.load_state_dict(body_sd, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(body_sd, strict=False)
+    except RuntimeError as e:  # same key names, different shapes (e.g. another width of the same family)
+        raise BackboneError(
+            f"checkpoint {path} does not fit {arch}: {str(e).strip().splitlines()[-1].strip()[:200]}. "
+            "Pass the right architecture (--arch)."
+        ) from None
     if missing or unexpected:
         raise BackboneError(
             f"checkpoint {path} does not fit {arch}: {len(missing)} missing and {len(unexpected)} unexpected keys "
@@ -297,7 +332,17 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None) -> Backbone:
         head = torch.nn.Linear(int(card["head"]["in"]), int(card["head"]["out"]))
         head.load_state_dict(head_sd)
         model = _WithHead(model, head)
-    return _make_backbone(str(path), arch, model, extra={"checkpoint": str(path)}, data_config=data_config)
+    extra = {"checkpoint": str(path)}
+    if card.get("base_backbone"):  # written by `simsearch finetune`: recorded in the manifests of indexes built with it
+        data = card.get("data") or {}
+        extra["finetuned"] = {
+            "base_backbone": card["base_backbone"],
+            "base_weights_sha256": card.get("base_weights_sha256"),
+            "data_digest": data.get("digest"),
+            "best": card.get("best"),
+            "created": card.get("created"),
+        }
+    return _make_backbone(str(path), arch, model, extra=extra, data_config=data_config)
 
 
 def _with_head_class():

@@ -91,11 +91,11 @@ def retrieval_metrics(vectors: np.ndarray, labels: Sequence, ks: Sequence[int] =
 
 
 def select_classes(labels: Sequence[str], split: str) -> set[str]:
-    """``all`` classes, or the ``first-half`` / ``second-half`` of the sorted class names."""
+    """``all`` classes, or the ``first-half`` / ``second-half`` of the sorted class names (odd: second is larger)."""
     if split not in CLASS_SPLITS:
         raise SimsearchError(f"--classes must be one of {', '.join(CLASS_SPLITS)}, not {split!r}")
     names = sorted(set(labels))
-    half = (len(names) + 1) // 2
+    half = len(names) // 2  # 101 classes: the first 50 and the other 51
     if split == "first-half":
         return set(names[:half])
     if split == "second-half":

@@ -24,6 +24,7 @@ import os
 import shutil
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -92,6 +93,13 @@ class Manifest:
             m = cls(**d)
         except TypeError as e:
             raise IndexFormatError(f"{where}: {e}") from None
+        for name, typ in _MANIFEST_TYPES.items():  # a tampered manifest must not reach file names or paths
+            v = getattr(m, name)
+            if not isinstance(v, typ) or (typ is int and (isinstance(v, bool) or v < 0)):
+                what = "a non-negative integer" if typ is int else f"a JSON {typ.__name__}"
+                raise IndexFormatError(f"{where}: field {name!r} must be {what}, not {str(v)[:60]!r}")
+        if not all(isinstance(r, str) and os.path.isabs(r) for r in m.roots):
+            raise IndexFormatError(f"{where}: roots must be absolute folder paths")
         if (
             m.metric != METRIC
             or not isinstance(m.dim, int)
@@ -104,6 +112,27 @@ class Manifest:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+
+
+_MANIFEST_TYPES = {
+    "format_version": int,
+    "backbone": str,
+    "arch": str,
+    "weights_sha256": str,
+    "preprocessing": dict,
+    "dim": int,
+    "metric": str,
+    "index_factory": str,
+    "count": int,
+    "roots": list,
+    "created": str,
+    "updated": str,
+    "simsearch_version": str,
+    "generation": int,
+    "next_id": int,
+    "skipped": int,
+    "extra": dict,
+}
 
 
 @dataclass(frozen=True)
@@ -155,9 +184,38 @@ def default_index_path(roots: Sequence[str | Path]) -> Path:
 
 
 def label_from_path(relpath: str) -> str | None:
-    """Default label: the name of the image's parent folder (None for files at the root)."""
+    """Default label: the name of the image's parent folder (None for files at the root).
+
+    A folder name that is not valid UTF-8 is shown with backslash escapes (labels are text for display).
+    """
     parts = relpath.split("/")
-    return parts[-2] if len(parts) > 1 else None
+    if len(parts) < 2:
+        return None
+    return parts[-2].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _db_path(relpath: str) -> str | bytes:
+    """A relative path as stored in SQLite: text, or the raw bytes of a name that is not valid UTF-8.
+
+    Paths from the file system may hold lone surrogates (undecodable bytes, PEP 383) that SQLite cannot
+    store as text; the bytes round-trip exactly through :func:`_py_path`.
+    """
+    try:
+        relpath.encode("utf-8")
+        return relpath
+    except UnicodeEncodeError:
+        return os.fsencode(relpath)
+
+
+def _py_path(value: str | bytes) -> str:
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _safe_relpath(relpath: str, where: str) -> str:
+    """Refuse metadata paths that would lead out of their root (absolute, or with '..')."""
+    if not isinstance(relpath, str) or not relpath or relpath.startswith("/") or ".." in relpath.split("/"):
+        raise IndexFormatError(f"{where}: invalid item path {relpath!r} in the metadata (tampered?)")
+    return relpath
 
 
 # ------------------------------------------------------------------------------ FAISS
@@ -177,6 +235,20 @@ def new_faiss_index(dim: int, factory: str = DEFAULT_FACTORY):
         raise SimsearchError(f"invalid FAISS factory string {factory!r}: {msg[:200]}") from None
 
 
+def _faiss_message(e: Exception) -> str:
+    """The useful last line of a FAISS C++ exception."""
+    lines = str(e).strip().splitlines()
+    return lines[-1][:200] if lines else type(e).__name__
+
+
+def _published_generation(path: Path) -> int | None:
+    """Generation named by the manifest on disk now (None if unreadable)."""
+    try:
+        return int(json.loads((path / MANIFEST).read_text(encoding="utf-8"))["generation"])
+    except Exception:
+        return None
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -190,11 +262,11 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str, errors: str = "strict") -> None:
     """Write via a temp file, fsync, rename, fsync the directory."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(tmp, "w", encoding="utf-8", errors=errors) as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -287,9 +359,17 @@ class Index:
     @property
     def embedder(self):
         if self._embedder is None:
-            from .embed import Embedder
+            from .embed import cached_embedder_for_index, embedder_for_index
 
-            self._embedder = Embedder(self.backbone, **self.embedder_options)
+            # the engine, precision and decoding recorded at index time (see simsearch.engines); without loading
+            # torch when the OpenVINO model converted from the index's weights is cached
+            if self._backbone is None:
+                self._embedder = cached_embedder_for_index(self.manifest, **self.embedder_options)
+            if self._embedder is None:
+                self._embedder, _ = embedder_for_index(
+                    self.backbone, self.manifest.extra, self.manifest.count, where=str(self.path),
+                    **self.embedder_options,
+                )  # fmt: skip
         return self._embedder
 
     def embed(self, images: Sequence) -> np.ndarray:
@@ -298,7 +378,25 @@ class Index:
 
     # -- metadata
     def _row_to_item(self, row) -> Item:
-        return Item(row[0], row[2], self.manifest.roots[row[1]], row[3], row[4], row[5])
+        if not 0 <= row[1] < len(self.manifest.roots):
+            raise IndexFormatError(f"{self.path}: item {row[0]} has no root (tampered metadata?)")
+        path = _safe_relpath(_py_path(row[2]), str(self.path))
+        return Item(row[0], path, self.manifest.roots[row[1]], row[3], row[4], _py_path(row[5]))
+
+    def item_file(self, item_id: int) -> Path:
+        """The file of an indexed item, for serving it: refused when it now leads outside its indexed root.
+
+        Symlinks are resolved, so a file replaced by a link to elsewhere since indexing is not served.
+        """
+        it = self.item(item_id)
+        root = Path(it.root).resolve()
+        try:
+            real = it.abspath.resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise SimsearchError(f"file of item {item_id} is missing: {it.abspath}") from None
+        if not real.is_relative_to(root) or not real.is_file():
+            raise SimsearchError(f"file of item {item_id} is outside the indexed folder {root}; not served")
+        return real
 
     def item(self, item_id: int) -> Item:
         row = self._db.execute(
@@ -327,14 +425,15 @@ class Index:
         """Id of an indexed file given its absolute path or its path relative to a root."""
         p = Path(path).expanduser()
         candidates = []
-        if p.is_absolute() or p.exists():
+        if p.is_absolute() or p.exists():  # a file on disk: only the indexed file at that very place
             ap = p.resolve() if p.exists() else p
             for i, root in enumerate(self.manifest.roots):
                 with contextlib.suppress(ValueError):
                     candidates.append((i, ap.relative_to(root).as_posix()))
-        candidates += [(i, p.as_posix()) for i in range(len(self.manifest.roots))]
+        else:  # a path relative to one of the roots, as shown in results
+            candidates = [(i, p.as_posix()) for i in range(len(self.manifest.roots))]
         for root_idx, rel in candidates:
-            row = self._db.execute("SELECT id FROM items WHERE root=? AND path=?", (root_idx, rel)).fetchone()
+            row = self._db.execute("SELECT id FROM items WHERE root=? AND path=?", (root_idx, _db_path(rel))).fetchone()
             if row:
                 return int(row[0])
         return None
@@ -361,7 +460,7 @@ class Index:
 
     def skipped(self) -> list[tuple[str, str]]:
         rows = self._db.execute("SELECT root, path, reason FROM skipped ORDER BY root, path")
-        return [(str(Path(self.manifest.roots[r]) / p), reason) for r, p, reason in rows]
+        return [(str(Path(self.manifest.roots[r]) / _py_path(p)), reason) for r, p, reason in rows]
 
     def vector(self, item_id: int) -> np.ndarray:
         if not self.has_id(item_id):
@@ -416,6 +515,11 @@ def read_manifest(path: Path) -> Manifest:
     return Manifest.from_dict(data, where)
 
 
+def _ro_uri(path: Path) -> str:
+    """SQLite URI opening ``path`` read-only, whatever characters its name holds."""
+    return f"file:{urllib.parse.quote(os.fsencode(path.absolute()))}?mode=ro"
+
+
 def _load_generation(path: Path, m: Manifest, *, mmap: bool = False):
     import faiss
 
@@ -424,12 +528,20 @@ def _load_generation(path: Path, m: Manifest, *, mmap: bool = False):
         if not p.exists():
             raise FileNotFoundError(p)
     # A read-only SQLite connection, opened first: on Linux an open file survives a writer deleting it.
-    db = sqlite3.connect(f"file:{meta_path}?mode=ro", uri=True, check_same_thread=False)
+    # A file that vanishes meanwhile (a writer removing an old generation) raises FileNotFoundError: retried.
+    try:
+        db = sqlite3.connect(_ro_uri(meta_path), uri=True, check_same_thread=False)
+    except sqlite3.Error as e:
+        if not meta_path.exists():
+            raise FileNotFoundError(meta_path) from None
+        raise IndexFormatError(f"{meta_path}: cannot open metadata ({e})") from None
     try:
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
         index = faiss.read_index(str(vec_path), flags)
     except RuntimeError as e:
         db.close()
+        if not vec_path.exists():
+            raise FileNotFoundError(vec_path) from None
         raise IndexFormatError(
             f"{vec_path}: cannot read FAISS index ({str(e).strip().splitlines()[-1][:200]})"
         ) from None
@@ -497,8 +609,7 @@ class _Writer:
     def __init__(self, path: Path, manifest: Manifest, faiss_index, base_meta: Path | None):
         self.path, self.m, self.faiss = path, manifest, faiss_index
         self.tmp_meta = path / f".meta-next-{os.getpid()}.sqlite"
-        with contextlib.suppress(FileNotFoundError):
-            self.tmp_meta.unlink()
+        self._remove_stale_files()
         if base_meta is not None:
             shutil.copyfile(base_meta, self.tmp_meta)
         self.db = sqlite3.connect(self.tmp_meta)
@@ -523,8 +634,12 @@ class _Writer:
         import faiss
 
         arr = np.asarray(sorted(ids), dtype=np.int64)
+        from .autoindex import remove_ids as _remove_ivf_ids
+
         try:
-            self.faiss.remove_ids(faiss.IDSelectorBatch(len(arr), faiss.swig_ptr(arr)))
+            # FAISS's own IDMap2.remove_ids breaks the id mapping of IVF indexes: those are handled in autoindex
+            if not _remove_ivf_ids(self.faiss, arr):
+                self.faiss.remove_ids(faiss.IDSelectorBatch(len(arr), faiss.swig_ptr(arr)))
         except RuntimeError:
             self._rebuild_without(set(int(i) for i in arr))
         self.db.executemany("DELETE FROM items WHERE id=?", [(int(i),) for i in arr])
@@ -575,9 +690,18 @@ class _Writer:
         import faiss
 
         self.flush_training(final)
+        if final and self.dirty and not self.pending_train:
+            from .autoindex import finalize as _finalize_auto
+
+            _finalize_auto(self)  # `--index auto`: choose (again) for the final number of vectors
         if self.pending_train or not self.dirty:
             return  # nothing new, or an untrained index that cannot be saved yet (committed once trained)
-        self.db.commit()
+        try:
+            self.db.commit()
+        except sqlite3.Error as e:
+            raise SimsearchError(
+                f"could not save {self.path} ({e}); the previous version of the index ({self.m.count} items) is intact"
+            ) from None
         (count,) = self.db.execute("SELECT COUNT(*) FROM items").fetchone()
         (skipped,) = self.db.execute("SELECT COUNT(*) FROM skipped").fetchone()
         if count != self.faiss.ntotal:
@@ -593,25 +717,36 @@ class _Writer:
             updated=_now(),
         )
         vec_tmp = self.path / f".{new.vectors_file}.tmp"
+        db_closed = False
         try:
-            faiss.write_index(self.faiss, str(vec_tmp))
+            try:
+                faiss.write_index(self.faiss, str(vec_tmp))
+            except RuntimeError as e:  # FAISS reports write errors (disk full, permissions) as RuntimeError
+                raise OSError(_faiss_message(e)) from None
             _fsync_file(vec_tmp)
             os.replace(vec_tmp, self.path / new.vectors_file)
             self.db.close()
+            db_closed = True
             _fsync_file(self.tmp_meta)
             shutil.copyfile(self.tmp_meta, self.path / new.metadata_file)
             _fsync_file(self.path / new.metadata_file)
-            self.db = sqlite3.connect(self.tmp_meta)
             _fsync_dir(self.path)
-            atomic_write_text(self.path / MANIFEST, new.to_json())
-        except OSError as e:
-            for f in (vec_tmp, self.path / new.vectors_file, self.path / new.metadata_file):
-                with contextlib.suppress(OSError):
-                    if old.generation != new.generation:
+            atomic_write_text(self.path / MANIFEST, new.to_json())  # the commit point
+        except (OSError, sqlite3.Error) as e:
+            reason = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
+            if _published_generation(self.path) != new.generation:
+                for f in (vec_tmp, self.path / new.vectors_file, self.path / new.metadata_file):
+                    with contextlib.suppress(OSError):
                         f.unlink()
-            raise SimsearchError(
-                f"could not save {self.path} ({e.strerror or e}); the previous version of the index is intact"
-            ) from None
+                raise SimsearchError(
+                    f"could not save {self.path} ({reason}); "
+                    f"the previous version of the index ({old.count} items) is intact"
+                ) from None
+            # the manifest was replaced, only syncing the folder failed: the new version is in place
+            log.warning("saved %s but could not make sure it reached the disk (%s)", self.path, reason)
+        finally:
+            if db_closed:
+                self.db = sqlite3.connect(self.tmp_meta)
         self.m = new
         self.dirty = False
         self._write_skip_report()
@@ -619,13 +754,22 @@ class _Writer:
 
     def _write_skip_report(self) -> None:
         rows = self.db.execute("SELECT root, path, reason FROM skipped ORDER BY root, path").fetchall()
-        lines = [("path", "reason")] + [(str(Path(self.m.roots[r]) / p), reason) for r, p, reason in rows]
+        lines = [("path", "reason")] + [(str(Path(self.m.roots[r]) / _py_path(p)), reason) for r, p, reason in rows]
         import io
 
         buf = io.StringIO()
         csv.writer(buf).writerows(lines)
-        with contextlib.suppress(OSError):
-            atomic_write_text(self.path / "skipped.csv", buf.getvalue())
+        with contextlib.suppress(OSError):  # names that are not UTF-8 are written as their original bytes
+            atomic_write_text(self.path / "skipped.csv", buf.getvalue(), errors="surrogateescape")
+
+    def _remove_stale_files(self) -> None:
+        """Leftovers of writers that were killed (we hold the lock: no other writer is running)."""
+        for pattern in (".meta-next-*", ".vectors-*.tmp", f".{MANIFEST}.tmp-*", ".skipped.csv.tmp-*"):
+            for f in self.path.glob(pattern):
+                with contextlib.suppress(OSError):
+                    f.unlink()
+        # generations newer than the manifest's were never published; older ones are no longer needed
+        self._remove_old_generations(keep={self.m.generation, self.m.generation - 1})
 
     def _remove_old_generations(self, keep: set[int]) -> None:
         for f in self.path.iterdir():
@@ -660,21 +804,36 @@ def build_index(
     backbone: Backbone | str | None = None,
     index_factory: str | None = None,
     prune: bool = False,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     workers: int | None = None,
     engine=None,
+    precision: str | None = None,
+    draft: bool | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     follow_symlinks: bool = False,
     commit_every: int = 2048,
     progress: bool = False,
     embedder=None,
+    strict: bool = False,
+    memory_budget: int | str | None = None,
+    target_recall: float | None = None,
 ) -> UpdateReport:
     """Index every image under ``roots`` into ``out`` (default ``indexes/<folder name>``), incrementally.
 
     On an existing index only new or changed files (path, size, mtime) are embedded; with ``prune`` the
     entries of files that disappeared from the scanned roots are removed. Progress is committed every
-    ``commit_every`` images, so an interrupted run resumes where it stopped. Returns an :class:`UpdateReport`.
+    ``commit_every`` images, so an interrupted run (even by ``kill -9``) resumes where it stopped, re-embedding
+    at most the last uncommitted chunk. Files that cannot be used are skipped with a reason (logged, in the
+    report and in ``skipped.csv``); with ``strict`` any skipped file makes the run fail once the rest is saved.
+    Raises :class:`IndexLockedError` when another process is writing the index. Returns an :class:`UpdateReport`.
+
+    ``engine`` (auto|openvino|torch, or a callable), ``precision`` (auto|fp32|bf16), ``draft`` (reduced-size JPEG
+    decoding, default on) and ``batch_size`` (default: the engine's) choose how a new index is embedded; they are
+    recorded in the manifest (``extra["embedding"]``) and an existing index keeps its own (see
+    :func:`simsearch.embed.embedder_for_index`).
     """
+    if commit_every < 1:
+        raise SimsearchError(f"commit_every must be at least 1, not {commit_every}")
     t0 = time.perf_counter()
     if isinstance(roots, (str, Path)):
         roots = [roots]
@@ -697,6 +856,12 @@ def build_index(
         if existing is not None:
             if bb is not None:
                 check_backbone(existing, bb, where=str(path))
+            if "index_auto" in existing.extra and (memory_budget is not None or target_recall is not None):
+                from .autoindex import update_config
+
+                update_config(existing.extra["index_auto"], memory_budget, target_recall)
+            if index_factory == "auto" and "index_auto" in existing.extra:
+                index_factory = None  # the index is already automatic
             if index_factory and new_faiss_index(existing.dim, index_factory)[1] != existing.index_factory:
                 raise SimsearchError(
                     f"{path} uses FAISS index {existing.index_factory!r}, not {index_factory!r}; "
@@ -707,7 +872,8 @@ def build_index(
             db.close()
             base_meta = path / existing.metadata_file
         else:
-            faiss_index, factory = new_faiss_index(bb.dim, index_factory or DEFAULT_FACTORY)
+            auto = (index_factory or "auto").strip().lower() == "auto"  # decided at the final commit: autoindex.py
+            faiss_index, factory = new_faiss_index(bb.dim, DEFAULT_FACTORY if auto else index_factory)
             now = _now()
             manifest = Manifest(
                 format_version=FORMAT_VERSION,
@@ -725,6 +891,10 @@ def build_index(
                 simsearch_version=__version__,
                 extra=dict(bb.extra),
             )
+            if auto:
+                from .autoindex import auto_config
+
+                manifest.extra["index_auto"] = auto_config(memory_budget, target_recall)
             base_meta = None
         for r in roots:
             if str(r) not in manifest.roots:
@@ -737,51 +907,122 @@ def build_index(
                 if bb is None:
                     bb = create_backbone(manifest.backbone)
                     check_backbone(manifest, bb, where=str(path))
-                from .embed import Embedder
+                from .embed import embedder_for_index
 
-                embedder = Embedder(bb, engine=engine, batch_size=batch_size, workers=workers, max_pixels=max_pixels)
+                embedder, settings = embedder_for_index(
+                    bb, manifest.extra, manifest.count, engine=engine, precision=precision, draft=draft,
+                    where=str(path), batch_size=batch_size, workers=workers, max_pixels=max_pixels,
+                )  # fmt: skip
+            else:
+                from .embed import recorded_settings
+
+                settings = recorded_settings(manifest.extra, manifest.count) or embedder.settings()
+            writer.m.extra["embedding"] = settings  # query time embeds the same way (Index.embedder)
+            report.embedding = settings
             return embedder
 
-        writer = _Writer(path, manifest, faiss_index, base_meta)
+        writer = None
         try:
-            _update(writer, roots, root_idx, report, prune, follow_symlinks, commit_every, progress, get_embedder)
+            writer = _Writer(path, manifest, faiss_index, base_meta)
+            _update(
+                writer,
+                roots,
+                root_idx,
+                report,
+                prune,
+                follow_symlinks,
+                commit_every,
+                progress,
+                get_embedder,
+                max_pixels,
+            )
             writer.commit(final=True)
+        except (OSError, sqlite3.Error) as e:  # e.g. disk full while writing the next version's temp files
+            reason = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
+            saved = writer.m.count if writer is not None else manifest.count
+            raise SimsearchError(
+                f"indexing stopped: {reason}{f' ({e.filename})' if getattr(e, 'filename', None) else ''}; "
+                f"{path} is intact at its last saved version ({saved} items)"
+            ) from None
+        except KeyboardInterrupt:
+            if writer is not None:  # save what is done, so the next run goes on from here
+                with contextlib.suppress(Exception):
+                    writer.commit()
+            raise
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
         report.count = writer.m.count
     report.backbone = bb  # not a field: lets callers reuse the loaded model (None if none was loaded)
     report.seconds = round(time.perf_counter() - t0, 3)
+    if strict and report.skipped:
+        first_path, first_reason = report.skipped[0]
+        raise SimsearchError(
+            f"{len(report.skipped)} file(s) could not be indexed (--strict), e.g. {first_path}: {first_reason}; "
+            f"all are listed in {path / 'skipped.csv'} (the other images were saved)"
+        )
     return report
 
 
 def _update(
-    writer: _Writer, roots, root_idx, report: UpdateReport, prune, follow, commit_every, progress, get_embedder
+    writer: _Writer,
+    roots,
+    root_idx,
+    report: UpdateReport,
+    prune,
+    follow,
+    commit_every,
+    progress,
+    get_embedder,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ):
     db = writer.db
     found: list[tuple[int, ImageFileInfo]] = []
+    scan_skips: list[tuple[int, ImageFileInfo, str]] = []
     for r in roots:
-        found += [(root_idx[r], f) for f in scan([r], follow_symlinks=follow)]
+        found += [
+            (root_idx[r], f)
+            for f in scan(
+                [r], follow_symlinks=follow, on_skip=lambda f, why, i=root_idx[r]: scan_skips.append((i, f, why))
+            )
+        ]
     report.scanned = len(found)
     scanned_roots = set(root_idx.values())
-    known = {(r, p): (i, s, t) for i, r, p, s, t in db.execute("SELECT id, root, path, size, mtime_ns FROM items")}
-    known_skips = {(r, p): (s, t) for r, p, s, t in db.execute("SELECT root, path, size, mtime_ns FROM skipped")}
-    seen = set()
+    known = {
+        (r, _py_path(p)): (i, s, t) for i, r, p, s, t in db.execute("SELECT id, root, path, size, mtime_ns FROM items")
+    }
+    known_skips = {
+        (r, _py_path(p)): (s, t, why)
+        for r, p, s, t, why in db.execute("SELECT root, path, size, mtime_ns, reason FROM skipped")
+    }
+    seen, skip_seen = set(), set()
     to_embed: list[tuple[int, ImageFileInfo, int | None]] = []
+    for r, f, why in scan_skips:  # broken symlinks, loops, links leading outside the root...
+        skip_seen.add((r, f.relpath))
+        report.skipped.append((str(f.path), why))
+        if known_skips.get((r, f.relpath)) != (f.size, f.mtime_ns, why):
+            log.warning("skipped %s: %s", f.path, why)
+            writer.skip([(r, _db_path(f.relpath), f.size, f.mtime_ns, why)])
+        else:
+            log.info("skipped %s: %s (unchanged since the last run)", f.path, why)
     for r, f in found:
         key = (r, f.relpath)
         seen.add(key)
         old = known.get(key)
+        prev_skip = known_skips.get(key) if old is None else None
         if old is not None and old[1] == f.size and old[2] == f.mtime_ns:
             report.unchanged += 1
-        elif old is None and known_skips.get(key) == (f.size, f.mtime_ns):
-            report.skipped.append((str(f.path), "unchanged since it was skipped"))
+        elif prev_skip is not None and prev_skip[:2] == (f.size, f.mtime_ns) and _still_unreadable(f, max_pixels):
+            log.info("skipped %s: %s (unchanged since the last run)", f.path, prev_skip[2])
+            report.skipped.append((str(f.path), f"{prev_skip[2]} (unchanged since it was skipped)"))
         else:
             to_embed.append((r, f, old[0] if old else None))
     gone = [key for key in known if key[0] in scanned_roots and key not in seen]
     report.missing = len(gone)
     if prune:
         writer.remove([known[k][0] for k in gone])
-        writer.unskip([k for k in known_skips if k[0] in scanned_roots and k not in seen])
+        present = seen | skip_seen
+        writer.unskip([(r, _db_path(p)) for r, p in known_skips if r in scanned_roots and (r, p) not in present])
         report.removed = len(gone)
     elif gone:
         log.warning("%d indexed files no longer exist; run with --prune to remove them", len(gone))
@@ -796,12 +1037,12 @@ def _update(
         ids = np.arange(writer.m.next_id, writer.m.next_id + len(batch.items), dtype=np.int64)
         writer.m.next_id += len(batch.items)
         rows = [
-            (int(i), r, f.relpath, f.size, f.mtime_ns, label_from_path(f.relpath))
+            (int(i), r, _db_path(f.relpath), f.size, f.mtime_ns, label_from_path(f.relpath))
             for i, (r, f, _) in zip(ids, batch.items, strict=True)
         ]
         writer.add(ids, batch.vectors, rows)
-        writer.unskip([(r, f.relpath) for r, f, _ in batch.items])
-        writer.skip([(r, f.relpath, f.size, f.mtime_ns, reason) for (r, f, _), reason in batch.skipped])
+        writer.unskip([(r, _db_path(f.relpath)) for r, f, _ in batch.items])
+        writer.skip([(r, _db_path(f.relpath), f.size, f.mtime_ns, reason) for (r, f, _), reason in batch.skipped])
         report.skipped += [(str(f.path), reason) for (_, f, _), reason in batch.skipped]
         report.added += sum(1 for *_, old in batch.items if old is None)
         report.updated += sum(1 for *_, old in batch.items if old is not None)
@@ -810,6 +1051,18 @@ def _update(
         if pending >= commit_every:
             writer.commit()
             pending = 0
+
+
+def _still_unreadable(f: ImageFileInfo, max_pixels: int | None) -> bool:
+    """Whether a file skipped by an earlier run still fails to decode (it may have become readable, or
+    --max-pixels may have been raised). Decoding is tried without loading the model."""
+    from .images import load_image
+
+    try:
+        load_image(f.path, max_pixels=max_pixels).close()
+    except SimsearchError:
+        return True
+    return False
 
 
 def verify_index(path: str | Path) -> tuple[list[str], dict]:
@@ -833,12 +1086,35 @@ def verify_index(path: str | Path) -> tuple[list[str], dict]:
         index = faiss.read_index(str(vec_path))
     except RuntimeError as e:
         return [f"{vec_path.name}: unreadable ({str(e).strip().splitlines()[-1][:160]})"], stats
-    db = sqlite3.connect(f"file:{meta_path}?mode=ro", uri=True)
+    try:
+        db = sqlite3.connect(_ro_uri(meta_path), uri=True)
+    except sqlite3.Error as e:
+        return [f"{meta_path.name}: cannot open ({e})"], stats
     try:
         (check,) = db.execute("PRAGMA integrity_check").fetchone()
         if check != "ok":
             problems.append(f"{meta_path.name}: {check}")
         db_ids = np.array([r[0] for r in db.execute("SELECT id FROM items ORDER BY id")], dtype=np.int64)
+        (dups,) = db.execute(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM items GROUP BY root, path HAVING COUNT(*) > 1)"
+        ).fetchone()
+        if dups:
+            problems.append(f"{dups} paths appear more than once in the metadata")
+        (rootless,) = db.execute("SELECT COUNT(*) FROM items WHERE root < 0 OR root >= ?", (len(m.roots),)).fetchone()
+        if rootless:
+            problems.append(f"{rootless} items refer to no root of the manifest")
+        unsafe = 0
+        for (p,) in db.execute("SELECT path FROM items"):
+            try:
+                _safe_relpath(_py_path(p), "")
+            except IndexFormatError:
+                unsafe += 1
+        if unsafe:
+            problems.append(f"{unsafe} item paths are absolute or lead out of their root")
+        (n_skipped,) = db.execute("SELECT COUNT(*) FROM skipped").fetchone()
+        if n_skipped != m.skipped:
+            problems.append(f"skipped files: {n_skipped} in the metadata, manifest {m.skipped}")
+        stats["skipped"] = int(n_skipped)
     except sqlite3.DatabaseError as e:
         return [*problems, f"{meta_path.name}: {e}"], stats
     finally:
