@@ -395,8 +395,12 @@ def serve_cmd(index_path, host, port, api_key, allow_reload, watch, max_upload_m
 @click.option("--regularize", default=1.0, show_default=True, type=click.FloatRange(0),
               help="Weight of the penalty for drifting from the backbone's similarities (guards unseen classes).")  # fmt: skip
 @click.option("--stage1-epochs", default=30, show_default=True, type=click.IntRange(0), help="Head-only epochs.")
-@click.option("--stage2-epochs", default=4, show_default=True, type=click.IntRange(0), help="Epochs with unfrozen blocks.")
-@click.option("--unfreeze", default=2, show_default=True, type=click.IntRange(1), help="Last blocks trained in stage 2.")
+@click.option(
+    "--stage2-epochs", default=4, show_default=True, type=click.IntRange(0), help="Epochs with unfrozen blocks."
+)
+@click.option(
+    "--unfreeze", default=2, show_default=True, type=click.IntRange(1), help="Last blocks trained in stage 2."
+)
 @click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True), help="Stage 1 LR.")
 @click.option("--stage2-lr", default=1e-4, show_default=True, type=click.FloatRange(0, min_open=True))
 @click.option("--weight-decay", default=1e-4, show_default=True, type=click.FloatRange(0))

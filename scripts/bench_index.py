@@ -3,11 +3,11 @@
 
 Usage, from the repository root::
 
-    .venv/bin/python scripts/bench_embed.py                 # ~1000 Caltech-101 images, prints one table
-    .venv/bin/python scripts/bench_embed.py --limit 2000    # more images
-    .venv/bin/python scripts/bench_embed.py --json          # the same figures as one JSON document
-    .venv/bin/python scripts/bench_embed.py --full          # + Recall@1/MAP@R and peak RSS on all of Caltech (slow)
-    .venv/bin/python scripts/bench_embed.py --images DIR    # any folder of class sub-folders
+    .venv/bin/python scripts/bench_index.py                 # ~1000 Caltech-101 images, prints one table
+    .venv/bin/python scripts/bench_index.py --limit 2000    # more images
+    .venv/bin/python scripts/bench_index.py --json          # the same figures as one JSON document
+    .venv/bin/python scripts/bench_index.py --full          # + Recall@1/MAP@R and peak RSS on all of Caltech (slow)
+    .venv/bin/python scripts/bench_index.py --images DIR    # any folder of class sub-folders
 
 Images are read in place from ``../shared/data/caltech101/images`` (relative to the repository root), or from
 the bundled ``simsearch/sample`` when that is absent. Whole class folders are picked (spread over the classes)
@@ -271,7 +271,8 @@ def full_caltech(images: Path, work: Path) -> dict:
         wall = time.perf_counter() - t0
         report = json.loads(proc.stdout)
         with simsearch.open_index(out) as idx:
-            metrics = evaluate_index(idx)
+            labels = {it.label for it in idx.items()}
+            metrics = evaluate_index(idx, exclude_labels=[lab for lab in ("BACKGROUND_Google",) if lab in labels])
             ids, vecs = idx.vectors()
             paths = [str(it.abspath) for it in idx.items(ids)]
         res[name] = {
@@ -288,8 +289,9 @@ def full_caltech(images: Path, work: Path) -> dict:
             "_vectors": dict(zip(paths, vecs, strict=True)),
         }
     common = sorted(set(res["default"]["_vectors"]) & set(res["reference"]["_vectors"]))
-    a = np.vstack([res["default"].pop("_vectors")[p] for p in common])
-    b = np.vstack([res["reference"].pop("_vectors")[p] for p in common])
+    va, vb = res["default"].pop("_vectors"), res["reference"].pop("_vectors")
+    a = np.vstack([va[p] for p in common])
+    b = np.vstack([vb[p] for p in common])
     res["cosine_default_vs_reference"] = cosine_stats(a, b)
     res["delta_recall@1"] = round(res["default"]["recall@1"] - res["reference"]["recall@1"], 4)
     res["delta_map@r"] = round(res["default"]["map@r"] - res["reference"]["map@r"], 4)
