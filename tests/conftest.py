@@ -93,6 +93,19 @@ def write_truncated_jpeg(path: Path, seed: int = 0) -> Path:
     return path
 
 
+# The small labelled collection most tests index: relative path -> pattern seed (8 images, 3 labels).
+LAYOUT = {
+    "cats/c1.jpg": 1,
+    "cats/c2.jpg": 2,
+    "cats/c3.png": 3,
+    "dogs/d1.jpg": 4,
+    "dogs/d2.png": 5,
+    "dogs/puppies/p1.jpg": 6,
+    "birds/b1.jpg": 7,
+    "birds/b2.jpg": 8,
+}
+
+
 def bump_mtime(path: Path) -> None:
     """Make sure a rewritten file's mtime differs from the indexed one even on coarse clocks."""
     st = path.stat()
@@ -103,17 +116,7 @@ def bump_mtime(path: Path) -> None:
 def image_folder(tmp_path) -> Path:
     """photos/{cats,dogs,birds}/*.jpg|png: 8 distinct pattern images in 3 labelled folders."""
     root = tmp_path / "photos"
-    layout = {
-        "cats/c1.jpg": 1,
-        "cats/c2.jpg": 2,
-        "cats/c3.png": 3,
-        "dogs/d1.jpg": 4,
-        "dogs/d2.png": 5,
-        "dogs/puppies/p1.jpg": 6,
-        "birds/b1.jpg": 7,
-        "birds/b2.jpg": 8,
-    }
-    for rel, seed in layout.items():
+    for rel, seed in LAYOUT.items():
         write_image(root / rel, seed)
     return root
 
@@ -171,16 +174,7 @@ def built_index(tmp_path_factory, _register_tiny_backbone):
     """A read-only index of the ``image_folder`` layout built with the tiny backbone (shared by a module)."""
     base = tmp_path_factory.mktemp("built")
     root = base / "photos"
-    for rel, seed in {
-        "cats/c1.jpg": 1,
-        "cats/c2.jpg": 2,
-        "cats/c3.png": 3,
-        "dogs/d1.jpg": 4,
-        "dogs/d2.png": 5,
-        "dogs/puppies/p1.jpg": 6,
-        "birds/b1.jpg": 7,
-        "birds/b2.jpg": 8,
-    }.items():
+    for rel, seed in LAYOUT.items():
         write_image(root / rel, seed)
     out = base / "index"
     simsearch.index.build_index([root], out, backbone=TINY, batch_size=4, workers=2)

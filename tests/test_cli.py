@@ -8,20 +8,13 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
+from conftest import LAYOUT as IMAGES_WITH_PUPPIES
 from conftest import TINY, copy_file, write_bad_image, write_image
 
 from simsearch.cli import main
 from simsearch.index import MANIFEST, read_manifest
 
-LAYOUT = {
-    "cats/c1.jpg": 1,
-    "cats/c2.jpg": 2,
-    "cats/c3.png": 3,
-    "dogs/d1.jpg": 4,
-    "dogs/d2.png": 5,
-    "birds/b1.jpg": 7,
-    "birds/b2.jpg": 8,
-}
+LAYOUT = {rel: seed for rel, seed in IMAGES_WITH_PUPPIES.items() if "/puppies/" not in rel}  # 7 images
 
 
 @pytest.fixture(autouse=True)

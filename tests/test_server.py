@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import TINY, copy_file, pattern_image, write_image, write_truncated_jpeg
+from conftest import LAYOUT, TINY, copy_file, pattern_image, write_image, write_truncated_jpeg
 from PIL import Image
 
 import simsearch
@@ -25,17 +25,6 @@ pytest.importorskip("multipart")
 from fastapi.testclient import TestClient
 
 from simsearch.server import ServiceState, create_app
-
-LAYOUT = {
-    "cats/c1.jpg": 1,
-    "cats/c2.jpg": 2,
-    "cats/c3.png": 3,
-    "dogs/d1.jpg": 4,
-    "dogs/d2.png": 5,
-    "dogs/puppies/p1.jpg": 6,
-    "birds/b1.jpg": 7,
-    "birds/b2.jpg": 8,
-}
 
 
 def _make_collection(root):
