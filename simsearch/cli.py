@@ -389,14 +389,16 @@ def serve_cmd(index_path, host, port, api_key, allow_reload, watch, max_upload_m
 @click.option("--backbone", "-b", default=None, help="Backbone to start from [default: efficientnet_lite0].")
 @click.option("--dim", type=click.IntRange(2), help="Embedding size of the projection head [default: the backbone's].")
 @click.option("--loss", type=click.Choice(["proxy_anchor", "multi_similarity", "contrastive"]),
-              help="[default: proxy_anchor for classes, contrastive for pairs]")  # fmt: skip
+              help="Metric-learning loss (proxy_anchor: classes only) [default: contrastive].")  # fmt: skip
 @click.option("--init", type=click.Choice(["auto", "identity", "whiten"]), default="auto", show_default=True,
               help="Starting head: identity, supervised whitening, or the better of them on validation.")  # fmt: skip
 @click.option("--regularize", default=1.0, show_default=True, type=click.FloatRange(0),
               help="Weight of the penalty for drifting from the backbone's similarities (guards unseen classes).")  # fmt: skip
 @click.option("--stage1-epochs", default=30, show_default=True, type=click.IntRange(0), help="Head-only epochs.")
 @click.option(
-    "--stage2-epochs", default=4, show_default=True, type=click.IntRange(0), help="Epochs with unfrozen blocks."
+    "--stage2-epochs",
+    type=click.IntRange(0),
+    help="Epochs with unfrozen blocks; 0 skips stage 2 [default: about 80,000 training images, 2 to 16 epochs].",
 )
 @click.option(
     "--unfreeze", default=2, show_default=True, type=click.IntRange(1), help="Last blocks trained in stage 2."
@@ -406,7 +408,7 @@ def serve_cmd(index_path, host, port, api_key, allow_reload, watch, max_upload_m
 @click.option("--weight-decay", default=1e-4, show_default=True, type=click.FloatRange(0))
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(4, 4096))
 @click.option("--patience", default=5, show_default=True, type=click.IntRange(1), help="Stage 1 early stopping.")
-@click.option("--stage2-patience", default=2, show_default=True, type=click.IntRange(1))
+@click.option("--stage2-patience", default=3, show_default=True, type=click.IntRange(1))
 @click.option("--augment/--no-augment", default=True, show_default=True, help="Crop, flip and colour augmentation.")
 @click.option("--views", default=2, show_default=True, type=click.IntRange(1, 64),
               help="Cached views per image (1 plain + augmented ones).")  # fmt: skip

@@ -56,7 +56,10 @@ def classes_root(tmp_path_factory) -> Path:
 def trained(tmp_path_factory, classes_root, _register_tiny_backbone):
     """One real two-stage run on the class folders (shared by the tests that only read its output)."""
     out = tmp_path_factory.mktemp("ftrun") / "model"
-    result = simsearch.finetune(classes_root, out=out, stage1_epochs=4, stage2_epochs=1, patience=10, **FAST)
+    # fp32, so that validation during training and the fp32 Embedder below compute the same numbers
+    result = simsearch.finetune(
+        classes_root, out=out, stage1_epochs=4, stage2_epochs=1, patience=10, precision="fp32", **FAST
+    )
     return result
 
 
@@ -72,7 +75,7 @@ def test_finetune_writes_a_loadable_checkpoint_with_a_full_card(trained, classes
     assert card["base_backbone"] == TINY and card["arch"] == "test_efficientnet"
     assert card["head"] == {"in": 256, "out": 256}
     assert len(card["data"]["digest"]) == 64 and card["data"]["images"] == 36
-    assert card["hyperparameters"]["stage1_epochs"] == 4 and card["loss"] == "proxy_anchor"
+    assert card["hyperparameters"]["stage1_epochs"] == 4 and card["loss"] == "contrastive"  # the default
     assert [(h["stage"], h["epoch"]) for h in card["history"]] == [(0, 0), (1, 1), (1, 2), (1, 3), (1, 4), (2, 1)]
     assert card["history"] == trained.history
     assert {"cache_seconds", "stage1_seconds", "stage2_seconds", "total_seconds"} <= set(card["timings"])
@@ -193,6 +196,24 @@ def test_pairs_run_with_contrastive_loss(tmp_path, classes_root):
     assert card["loss"] == "contrastive" and card["data"]["kind"] == "pairs"
     assert card["data"]["train_groups"] == 6  # similar pairs join each class into one group
     assert len(result.history) == 4
+
+
+def test_default_stage2_length_follows_the_images_per_epoch():
+    from simsearch.finetuning import STAGE2_IMAGES, default_stage2_epochs
+
+    assert default_stage2_epochs(5_000) == 16  # a catalogue of 5,000 training images
+    assert default_stage2_epochs(45_000) == 2  # 22,500 pairs: two images each
+    assert default_stage2_epochs(STAGE2_IMAGES // 5) == 5
+    assert default_stage2_epochs(10) == 16 and default_stage2_epochs(10**7) == 2  # kept within 2..16
+    assert default_stage2_epochs(0) == 16
+
+
+def test_default_stage2_epochs_are_resolved_and_recorded(tmp_path, classes_root):
+    result = simsearch.finetune(classes_root, out=tmp_path / "m", stage1_epochs=1, stage2_patience=1, **FAST)
+    epochs = result.card["hyperparameters"]["stage2_epochs"]
+    assert epochs == 16  # 36 tiny images per epoch: the upper end of the range
+    stage2 = [h for h in result.history if h["stage"] == 2]
+    assert 1 <= len(stage2) <= epochs  # ran, and stopped early at the latest after the resolved number
 
 
 def test_cli_finetune_then_index(tmp_path, classes_root):

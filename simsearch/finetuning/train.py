@@ -34,7 +34,7 @@ from .. import __version__
 from ..backbones import CHECKPOINT_CARD, create_backbone
 from ..errors import SimsearchError
 from ..evaluate import retrieval_metrics
-from . import FinetuneConfig, FinetuneResult
+from . import FinetuneConfig, FinetuneResult, default_stage2_epochs
 from .cache import FeatureCache, ImageDataset, augment_transform, file_key
 from .data import TrainingData, load_training_data
 from .losses import LOSSES, ProxyAnchor, contrastive, multi_similarity, similarity_drift
@@ -150,7 +150,7 @@ class Run:
         self.model = self.model.to(memory_format=torch.channels_last)
         # the cut does not depend on whether stage 2 runs, so that runs with and without it share the cache
         self.cut = cut_point(self.model, cfg.unfreeze)
-        if cfg.stage2_epochs > 0 and self.cut is None:
+        if cfg.stage2_epochs != 0 and self.cut is None:
             log.info("%s cannot be cut between stages: stage 2 runs the whole network on images", base.arch)
         self.prefix, self.suffix = Prefix(self.model, self.cut), Suffix(self.model, self.cut)
         self.loss_name = loss_for(cfg, data)
@@ -167,7 +167,7 @@ class Run:
         every = np.concatenate([data.train, data.val])
         common = dict(
             model=self.model, data_config=base.data_config, batch_size=cfg.batch_size_infer, workers=self.workers,
-            precision=self.precision, progress=self.progress, load_h=cfg.stage2_epochs > 0,
+            precision=self.precision, progress=self.progress, load_h=cfg.stage2_epochs != 0,
         )  # fmt: skip
         h0, p0, failed = self.fcache.features(
             [paths[i] for i in every], [self.keys[i] for i in every], view=0, desc="caching features", **common
@@ -209,6 +209,10 @@ class Run:
         # training groups renumbered 0..n-1 (validation classes get no proxy)
         _, inverse = np.unique(data.groups[data.train], return_inverse=True)
         self.train_groups = torch.from_numpy(inverse.astype(np.int64))
+        if cfg.stage2_epochs is None:  # resolved here, from the images an epoch really has; the card records it
+            per_epoch = sum(len(b) for b in self.batches(2, 0))
+            self.cfg = cfg = dataclasses.replace(cfg, stage2_epochs=default_stage2_epochs(per_epoch))
+            log.info("stage 2: %d epochs of %d images (default)", cfg.stage2_epochs, per_epoch)
         self.stage = 1
         self.head = self._initial_head()
         self.head0 = copy.deepcopy(self.head).requires_grad_(False)  # what the drift penalty compares with
@@ -554,7 +558,9 @@ class Run:
 
 
 def loss_for(cfg: FinetuneConfig, data: TrainingData) -> str:
-    name = cfg.loss or ("contrastive" if data.kind == "pairs" else "proxy_anchor")
+    # contrastive by default, for classes too: on Caltech-101 (same classes, new images; 16 stage 2 epochs) it gave
+    # R@1 0.934 / MAP@R 0.852 against proxy_anchor's 0.928 / 0.845 and multi_similarity's 0.928 / 0.828
+    name = cfg.loss or "contrastive"
     if name not in LOSSES:
         raise SimsearchError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}")
     if name == "proxy_anchor" and data.kind == "pairs":
@@ -604,7 +610,7 @@ def run(cfg: FinetuneConfig, *, data, out, pairs, labels, root, val, exclude_lab
         if changed:
             log.warning("resuming with the run's saved settings for %s", ", ".join(changed))
             cfg = dataclasses.replace(cfg, **{k: getattr(saved, k) for k in FIXED_ON_RESUME})
-    if cfg.stage1_epochs < 0 or cfg.stage2_epochs < 0 or cfg.batch_size < 4 or cfg.views < 1:
+    if cfg.stage1_epochs < 0 or (cfg.stage2_epochs or 0) < 0 or cfg.batch_size < 4 or cfg.views < 1:
         raise SimsearchError("epochs must be >= 0, batch_size >= 4 and views >= 1")
     training = load_training_data(
         data, pairs=pairs, labels=labels, root=root, val=val, holdout=cfg.holdout, val_fraction=cfg.val_fraction,
@@ -640,12 +646,12 @@ def run(cfg: FinetuneConfig, *, data, out, pairs, labels, root, val, exclude_lab
             r.head.load_state_dict(r.best_head)
             if r.proxies is not None and r.best_proxies is not None:
                 r.proxies.load_state_dict(r.best_proxies)
-            if cfg.stage2_epochs > 0:
+            if r.cfg.stage2_epochs > 0:
                 _copy_checkpoint(out, out / "stage1")
             r.bad_epochs = 0
             r.save_state(2, None, None)
             state = None
-        if cfg.stage2_epochs > 0:
+        if r.cfg.stage2_epochs > 0:
             r.run_stage(2, state)
     except KeyboardInterrupt:
         log.warning(_stopped_message(r, out, "interrupted"))
