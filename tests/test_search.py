@@ -190,7 +190,10 @@ def test_search_vectors_batch_equals_single(built_index):
     batch = search_vectors(built_index, vecs[:4], k=3)
     assert len(batch) == 4
     for row, v in zip(batch, vecs[:4]):
-        assert row == search_vectors(built_index, v, k=3)[0]
+        single = search_vectors(built_index, v, k=3)[0]
+        # A batched BLAS product may differ from a single one in the last bit.
+        assert [(h.rank, h.id, h.path) for h in row] == [(h.rank, h.id, h.path) for h in single]
+        assert [h.score for h in row] == pytest.approx([h.score for h in single], abs=1e-5)
         assert_exact(row, built_index, v, 3)
     with pytest.raises(SimsearchError, match="dim"):
         search_vectors(built_index, np.ones((1, 3), np.float32))
