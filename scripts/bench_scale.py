@@ -300,8 +300,8 @@ def table(results: dict) -> str:
     for size in results["sizes"]:
         for r in size["rows"]:
             lines.append(
-                f"| {size['n']:,} | {r['index']} | {r.get('build_s')} | {r['bytes_per_vector']} | {r['recall@10']} | "
-                f"{r['batched_qps']} | {r['p50_ms']} | {r['p99_ms']} | {r.get('rss_mb')} |"
+                f"| {size['n']:,} | {r['index']} | {r.get('build_s') or '–'} | {r['bytes_per_vector']} | "
+                f"{r['recall@10']} | {r['batched_qps']} | {r['p50_ms']} | {r['p99_ms']} | {r.get('rss_mb') or '–'} |"
             )
     return "\n".join(lines)
 
