@@ -171,7 +171,14 @@ class FeatureCache:
         model.eval()
         ds = ImageDataset(paths, transform, data_config["input_size"], seeds)
         failed: dict[int, str] = {}
-        bar = tqdm(total=len(ds), desc=desc, unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=len(ds),
+            desc=desc,
+            unit="img",
+            file=sys.stderr,
+            disable=not progress or not sys.stderr.isatty(),
+            dynamic_ncols=True,
+        )
         try:
             for idx, x, errors in loader(ds, batch_size, workers):
                 ok = [j for j, e in enumerate(errors) if not e]

@@ -111,7 +111,14 @@ class _Bar:
     def __init__(self, total: int, desc: str, enabled: bool):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, desc=desc, unit="batch", file=sys.stderr, disable=not enabled, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total,
+            desc=desc,
+            unit="batch",
+            file=sys.stderr,
+            disable=not enabled or not sys.stderr.isatty(),
+            dynamic_ncols=True,
+        )
 
     def __enter__(self):
         return self.bar
