@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .errors import SimsearchError
+from .progress import progress_bar
 
 log = logging.getLogger("simsearch")
 
@@ -457,7 +458,7 @@ def build(
             ) from None
     t_train = time.perf_counter() - t0
     prepare(index)
-    bar = _bar(n, progress, "adding")
+    bar = progress_bar(n, "adding", unit="vec", enabled=progress)
     for start in range(0, n, add_chunk):
         index.add_with_ids(
             np.ascontiguousarray(xb[start : start + add_chunk], dtype=np.float32),
@@ -492,14 +493,6 @@ def build(
         "tune_seconds": round(time.perf_counter() - t0 - t_train - t_add, 2),
     }
     return index, full, record
-
-
-def _bar(total: int, enabled: bool, desc: str):
-    import sys
-
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="vec", file=sys.stderr, disable=not enabled or not sys.stderr.isatty())
 
 
 # ------------------------------------------------------------------------------ the index writer's hook

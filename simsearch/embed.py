@@ -7,7 +7,6 @@ so both always use exactly the same preprocessing.
 from __future__ import annotations
 
 import logging
-import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,6 +19,7 @@ from .backbones import Backbone
 from .engines import NumpyTransform, TorchEngine, cached_backbone, cpu_count, create_engine, engine_settings
 from .errors import ImageError
 from .images import DEFAULT_MAX_PIXELS, clip_aspect, draft_size_for, load_image
+from .progress import progress_bar
 
 log = logging.getLogger("simsearch")
 
@@ -275,14 +275,4 @@ _END = object()
 
 
 def _progress_bar(total: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit="img",
-        file=sys.stderr,
-        disable=not enabled or not sys.stderr.isatty(),
-        dynamic_ncols=True,
-        smoothing=0.1,
-    )
+    return progress_bar(total, desc, unit="img", enabled=enabled, dynamic_ncols=True, smoothing=0.1)

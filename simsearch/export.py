@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import SimsearchError
+from .progress import progress_bar
 
 if TYPE_CHECKING:
     from .index import Index
@@ -93,7 +94,7 @@ def record_batches(index: Index, batch_size: int = 50_000, progress: bool = Fals
     dim = index.manifest.dim
     schema = arrow_schema(dim)
     roots = [text(r) for r in index.manifest.roots]
-    bar = _bar(len(index), progress, "exporting")
+    bar = progress_bar(len(index), "exporting", unit="item", enabled=progress)
     try:
         for rows in iter_items(index, batch_size):
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
@@ -183,7 +184,7 @@ def _write_npy(index: Index, folder: Path, batch_size: int, progress: bool) -> i
     ids_out = np.lib.format.open_memmap(folder / "ids.npy", mode="w+", dtype=np.int64, shape=(n,))
     roots = [text(r) for r in index.manifest.roots]
     pos = 0
-    bar = _bar(n, progress, "exporting")
+    bar = progress_bar(n, "exporting", unit="item", enabled=progress)
     with open(folder / "items.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["row", "id", "path", "root", "label", "size", "mtime_ns"])
@@ -225,11 +226,3 @@ def _size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _bar(total: int, enabled: bool, desc: str):
-    import sys
-
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="item", file=sys.stderr, disable=not enabled or not sys.stderr.isatty())

@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import SimsearchError
 from .export import iter_items, reconstruct, text
+from .progress import progress_bar
 
 if TYPE_CHECKING:
     from .index import Index
@@ -123,9 +124,8 @@ def compute_neighbors(
     t0 = time.perf_counter()
     t_search = 0.0
     rows_written = items = 0
-    from .export import _bar
 
-    bar = _bar(min(n, limit or n), progress, "neighbours")
+    bar = progress_bar(min(n, limit or n), "neighbours", unit="item", enabled=progress)
     writer = (
         pacsv.CSVWriter(tmp, schema)
         if out.suffix.lower() == ".csv"

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 
 from ..errors import ImageError
 from ..images import DEFAULT_MAX_PIXELS, load_image
+from ..progress import progress_bar
 from .model import Prefix, Suffix, autocast
 
 log = logging.getLogger("simsearch")
@@ -157,8 +157,6 @@ class FeatureCache:
         return h, p, failed
 
     def _compute(self, paths, files, *, view, model, data_config, aug, batch_size, workers, precision, progress, desc):
-        from tqdm.auto import tqdm
-
         if view == 0:
             from timm.data import create_transform
 
@@ -171,14 +169,7 @@ class FeatureCache:
         model.eval()
         ds = ImageDataset(paths, transform, data_config["input_size"], seeds)
         failed: dict[int, str] = {}
-        bar = tqdm(
-            total=len(ds),
-            desc=desc,
-            unit="img",
-            file=sys.stderr,
-            disable=not progress or not sys.stderr.isatty(),
-            dynamic_ncols=True,
-        )
+        bar = progress_bar(len(ds), desc, unit="img", enabled=progress, dynamic_ncols=True)
         try:
             for idx, x, errors in loader(ds, batch_size, workers):
                 ok = [j for j, e in enumerate(errors) if not e]

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from .. import __version__
 from ..backbones import CHECKPOINT_CARD, create_backbone
 from ..errors import SimsearchError
 from ..evaluate import retrieval_metrics
+from ..progress import progress_bar
 from . import FinetuneConfig, FinetuneResult, default_stage2_epochs
 from .cache import FeatureCache, ImageDataset, augment_transform, file_key
 from .data import TrainingData, load_training_data
@@ -109,16 +109,7 @@ def _default_workers() -> int:
 
 class _Bar:
     def __init__(self, total: int, desc: str, enabled: bool):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(
-            total=total,
-            desc=desc,
-            unit="batch",
-            file=sys.stderr,
-            disable=not enabled or not sys.stderr.isatty(),
-            dynamic_ncols=True,
-        )
+        self.bar = progress_bar(total, desc, unit="batch", enabled=enabled, dynamic_ncols=True)
 
     def __enter__(self):
         return self.bar
