@@ -1,0 +1,11 @@
+"""Every setting of simsearch, declared once: frozen dataclasses with their defaults.
+
+The CLI and the server read their defaults from these (``dataclasses.replace`` to change one); the library
+validates values with them. One module per area, each owned by the layer that uses it:
+
+- :mod:`simsearch.config.limits`: hard limits (k, pixels, request sizes) shared by the library and the service.
+"""
+
+from .limits import LIMITS, Limits
+
+__all__ = ["LIMITS", "Limits"]

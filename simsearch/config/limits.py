@@ -1,0 +1,23 @@
+"""Hard limits, one constant each, shared by the library, the CLI and the HTTP service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds that protect the process from oversized work. The service shows them in ``/info``."""
+
+    max_k: int = 10_000  # results per query (library and CLI)
+    max_pixels: int = 100_000_000  # decompression-bomb bound when indexing and querying from files
+    serve_max_k: int = 1_000  # results per query over HTTP
+    serve_max_pixels: int = 40_000_000  # uploaded images
+    serve_max_batch: int = 1_000  # vectors in one /search/batch
+    serve_max_work: int = 100_000  # vectors x k in one request
+    serve_max_ids: int = 10_000  # ids or keys in one request (positive, negative, exclude)
+    serve_max_values: int = 10_000  # values in one filter list
+    max_dim: int = 65_536
+
+
+LIMITS = Limits()
