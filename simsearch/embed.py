@@ -19,6 +19,7 @@ from .backbones import Backbone
 from .engines import NumpyTransform, TorchEngine, cached_backbone, cpu_count, create_engine, engine_settings
 from .errors import ImageError
 from .images import DEFAULT_MAX_PIXELS, clip_aspect, draft_size_for, load_image
+from .phash import phash
 from .progress import progress_bar
 
 log = logging.getLogger("simsearch")
@@ -26,11 +27,15 @@ log = logging.getLogger("simsearch")
 
 @dataclass
 class EmbeddedBatch:
-    """Vectors for the items of one batch that decoded, and the reasons for those that did not."""
+    """Vectors for the items of one batch that decoded, and the reasons for those that did not.
+
+    ``phashes[i]`` is the perceptual hash (:func:`simsearch.phash.phash`) of ``items[i]``'s decoded image, None
+    when the embedder does not compute hashes."""
 
     items: list = field(default_factory=list)
     vectors: np.ndarray | None = None
     skipped: list[tuple[object, str]] = field(default_factory=list)
+    phashes: list[int | None] = field(default_factory=list)
 
 
 def default_workers() -> int:
@@ -45,6 +50,7 @@ class Embedder:
     with ``precision``) or any callable mapping a batch tensor to unit vectors; None means the fp32 torch
     reference. ``batch_size`` None uses the engine's preferred batch. ``draft`` lets large JPEGs decode at a
     reduced scale, still at least twice the size the transform resizes to (:func:`simsearch.images.draft_size_for`).
+    ``phash``: :meth:`embed_files` also hashes each decoded image (:mod:`simsearch.phash`, about 0.3 ms an image).
     """
 
     def __init__(
@@ -57,6 +63,7 @@ class Embedder:
         workers: int | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         draft: bool = False,
+        phash: bool = True,
     ):
         self.backbone = backbone
         if engine is None:
@@ -72,6 +79,7 @@ class Embedder:
         self.transform = fast or backbone.transform()
         self.draft = bool(draft)
         self.draft_size = draft_size_for(backbone.data_config) if draft else None
+        self.phash = bool(phash)
 
     def settings(self) -> dict:
         """How this embedder turns images into vectors (recorded in an index's manifest)."""
@@ -83,7 +91,14 @@ class Embedder:
 
     def preprocess(self, source) -> object:
         """Decode one image (path, bytes, PIL image) and apply the backbone's eval transform."""
+        return self._transform(load_image(source, max_pixels=self.max_pixels, draft_size=self.draft_size))
+
+    def _preprocess_and_hash(self, source) -> tuple[object, int | None]:
+        """:meth:`preprocess`, and the perceptual hash of the decoded image (None if ``phash`` is off)."""
         img = load_image(source, max_pixels=self.max_pixels, draft_size=self.draft_size)
+        return self._transform(img), (phash(img) if self.phash else None)
+
+    def _transform(self, img) -> object:
         if self.backbone.data_config.get("crop_mode", "center") == "center":
             img = clip_aspect(img)  # a 100000x2 image would otherwise be resized to gigabytes
         return self.transform(img)
@@ -137,10 +152,12 @@ class Embedder:
         batch = EmbeddedBatch()
         tensors: list = []
         window = max(2 * self.batch_size, 4 * self.workers)
-        for item, fut in _ordered_map(lambda it: self.preprocess(path_of(it)), items, self.workers, window):
+        for item, fut in _ordered_map(lambda it: self._preprocess_and_hash(path_of(it)), items, self.workers, window):
             try:
-                tensors.append(fut.result())
+                tensor, h = fut.result()
+                tensors.append(tensor)
                 batch.items.append(item)
+                batch.phashes.append(h)
             except ImageError as e:
                 log.warning("skipped %s", e)
                 batch.skipped.append((item, _reason(e)))
