@@ -280,7 +280,7 @@ def atomic_write_text(path: Path, text: str, errors: str = "strict") -> None:
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items(
     id INTEGER PRIMARY KEY, root INTEGER NOT NULL, path TEXT NOT NULL,
-    size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, label TEXT, UNIQUE(root, path));
+    size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, label TEXT, phash INTEGER, UNIQUE(root, path));
 CREATE INDEX IF NOT EXISTS items_label ON items(label);
 CREATE TABLE IF NOT EXISTS skipped(
     root INTEGER NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
@@ -437,6 +437,19 @@ class Index:
             if row:
                 return int(row[0])
         return None
+
+    def phashes(self, ids: Sequence[int]) -> list[int | None]:
+        """The perceptual hashes (:mod:`simsearch.phash`) of items, in the order of ``ids``; None for an item
+        indexed without one (an index written before hashes were stored, or an unknown id)."""
+        if "phash" not in {r[1] for r in self._db.execute("PRAGMA table_info(items)")}:
+            return [None] * len(ids)
+        found: dict[int, int | None] = {}
+        ids = [int(i) for i in ids]
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            marks = ",".join("?" * len(part))
+            found.update(self._db.execute(f"SELECT id, phash FROM items WHERE id IN ({marks})", part))
+        return [found.get(i) for i in ids]
 
     def ids(self) -> np.ndarray:
         return np.array([r[0] for r in self._db.execute("SELECT id FROM items ORDER BY id")], dtype=np.int64)
@@ -614,6 +627,8 @@ class _Writer:
             shutil.copyfile(base_meta, self.tmp_meta)
         self.db = sqlite3.connect(self.tmp_meta)
         self.db.executescript(_SCHEMA)
+        if "phash" not in {r[1] for r in self.db.execute("PRAGMA table_info(items)")}:  # written before hashes
+            self.db.execute("ALTER TABLE items ADD COLUMN phash INTEGER")
         self.pending_train: list[tuple[np.ndarray, np.ndarray]] = []
         self.dirty = base_meta is None  # a new index is written even when empty
 
@@ -625,7 +640,9 @@ class _Writer:
             self.pending_train.append((ids, vectors))
         else:
             self.faiss.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids.astype(np.int64))
-        self.db.executemany("INSERT INTO items(id, root, path, size, mtime_ns, label) VALUES (?,?,?,?,?,?)", rows)
+        self.db.executemany(
+            "INSERT INTO items(id, root, path, size, mtime_ns, label, phash) VALUES (?,?,?,?,?,?,?)", rows
+        )
 
     def remove(self, ids: Sequence[int]) -> None:
         if not ids:
@@ -1036,9 +1053,10 @@ def _update(
         writer.remove(replaced)
         ids = np.arange(writer.m.next_id, writer.m.next_id + len(batch.items), dtype=np.int64)
         writer.m.next_id += len(batch.items)
+        hashes = batch.phashes if len(batch.phashes) == len(batch.items) else [None] * len(batch.items)
         rows = [
-            (int(i), r, _db_path(f.relpath), f.size, f.mtime_ns, label_from_path(f.relpath))
-            for i, (r, f, _) in zip(ids, batch.items, strict=True)
+            (int(i), r, _db_path(f.relpath), f.size, f.mtime_ns, label_from_path(f.relpath), h)
+            for i, (r, f, _), h in zip(ids, batch.items, hashes, strict=True)
         ]
         writer.add(ids, batch.vectors, rows)
         writer.unskip([(r, _db_path(f.relpath)) for r, f, _ in batch.items])
