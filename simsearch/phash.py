@@ -8,6 +8,9 @@ The hash is a DCT hash of the image's luminance (numpy only, no extra dependency
    ``u, v < 8`` are kept, the DC term ``C[0, 0]`` (the mean brightness, always positive) replaced by ``C[8, 0]``;
 4. bit ``8*u + v`` (counting from the least significant bit) is 1 when ``C[u, v] > 0``.
 
+A flat image (thumbnail standard deviation below :data:`FLAT_STD` grey levels: blank pages, solid colours) has no
+structure to hash: its hash is None, and only the embedding judges it.
+
 Signs of AC coefficients do not change when the image is made brighter or darker (a scale or an offset of the
 pixels), unlike a median threshold. Mirroring the image left-right multiplies ``C[u, v]`` by ``(-1)**v``,
 which flips exactly the bits with odd ``v`` (:data:`MIRROR_MASK`): the hash of the mirror image is
@@ -23,22 +26,29 @@ Measured (``scripts/bench_duplicates.py``): see the table in :mod:`simsearch.dup
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 from PIL import Image
+
+from .config import DUPLICATES, DuplicateRule
 
 HASH_VERSION = 1
 BITS = 64
 SIZE = 32  # side of the thumbnail the DCT is taken of
+FLAT_STD = 1.0  # thumbnails flatter than this (grey levels, 0-255) get no hash: their coefficients are noise
 MIRROR_MASK = int.from_bytes(b"\xaa" * 8, "big")  # the bits with an odd horizontal frequency v
 _MASK64 = (1 << 64) - 1
 
 
+@cache
 def _dct_rows(n: int, size: int = SIZE) -> np.ndarray:
-    """The first ``n`` rows of the orthonormal DCT-II matrix of order ``size`` (``n x size``)."""
+    """The first ``n`` rows of the orthonormal DCT-II matrix of order ``size`` (``n x size``, read-only)."""
     k = np.arange(n, dtype=np.float64)[:, None]
     x = np.arange(size, dtype=np.float64)[None, :]
     m = np.cos(np.pi * (2 * x + 1) * k / (2 * size)) * np.sqrt(2.0 / size)
     m[0] /= np.sqrt(2.0)
+    m.flags.writeable = False
     return m
 
 
@@ -49,20 +59,23 @@ def luminance_thumbnail(img: Image.Image, size: int = SIZE) -> np.ndarray:
     return np.asarray(small, dtype=np.float64)
 
 
-def phash_array(thumb: np.ndarray) -> int:
-    """The hash of a ``SIZE x SIZE`` luminance array (see the module docstring); signed 64-bit int."""
+def phash_array(thumb: np.ndarray) -> int | None:
+    """The hash of a ``SIZE x SIZE`` luminance array (see the module docstring): a signed 64-bit int, or None
+    for a flat image."""
+    if float(thumb.std()) < FLAT_STD:
+        return None
     rows = _dct_rows(9, thumb.shape[0])
     cols = _dct_rows(8, thumb.shape[1])
     c = rows @ thumb @ cols.T  # 9 x 8: C[u, v], u < 9, v < 8
     block = c[:8].copy()
     block[0, 0] = c[8, 0]
-    bits = (block.ravel() > 0).astype(np.uint64)
-    value = int((bits << np.arange(BITS, dtype=np.uint64)).sum(dtype=np.uint64))
-    return to_signed(value)
+    packed = np.packbits(block.ravel() > 0, bitorder="little")  # element i -> bit i
+    return to_signed(int.from_bytes(packed.tobytes(), "little"))
 
 
-def phash(img: Image.Image) -> int:
-    """Perceptual hash of a decoded PIL image (any mode); a signed 64-bit int (see the module docstring)."""
+def phash(img: Image.Image) -> int | None:
+    """Perceptual hash of a decoded PIL image (any mode): a signed 64-bit int (see the module docstring), None
+    for a flat image (nothing to hash)."""
     return phash_array(luminance_thumbnail(img))
 
 
@@ -106,3 +119,40 @@ def pair_distances(a: np.ndarray, b: np.ndarray, *, mirror: bool = True) -> np.n
     if mirror:
         d = np.minimum(d, np.bitwise_count(x ^ np.uint64(MIRROR_MASK)))
     return d.astype(np.int64)
+
+
+# ------------------------------------------------------------------------------ the near-duplicate pair rule
+
+NO_HASH = -1  # hash distance of a pair where either item has no hash
+
+
+def duplicate_reason(cosine: float, hash_distance: int | None, rule: DuplicateRule = DUPLICATES) -> str | None:
+    """Why two items are near-duplicates under ``rule`` (:class:`simsearch.config.DuplicateRule`), or None:
+    ``"cosine"`` (similarity >= ``rule.threshold``), ``"hash"`` (hash distance <= ``rule.hash_distance`` with
+    similarity >= ``rule.hash_threshold``) or ``"cosine+hash"`` (both). ``hash_distance`` None or negative:
+    unknown (an item without a hash), only the cosine counts."""
+    by_cos = cosine >= rule.threshold
+    by_hash = (
+        rule.uses_hash
+        and hash_distance is not None
+        and 0 <= hash_distance <= rule.hash_distance
+        and cosine >= rule.hash_threshold
+    )
+    if by_cos and by_hash:
+        return "cosine+hash"
+    return "cosine" if by_cos else "hash" if by_hash else None
+
+
+def is_duplicate(cosine: float, hash_distance: int | None, rule: DuplicateRule = DUPLICATES) -> bool:
+    """Whether a pair with this cosine similarity and hash distance is a near-duplicate (:func:`duplicate_reason`)."""
+    return duplicate_reason(cosine, hash_distance, rule) is not None
+
+
+def duplicate_mask(cosines: np.ndarray, hash_distances: np.ndarray, rule: DuplicateRule = DUPLICATES) -> np.ndarray:
+    """:func:`is_duplicate` over arrays (hash distance :data:`NO_HASH` = unknown); a boolean array."""
+    cosines = np.asarray(cosines)
+    out = cosines >= rule.threshold
+    if rule.uses_hash:
+        hd = np.asarray(hash_distances)
+        out |= (hd >= 0) & (hd <= rule.hash_distance) & (cosines >= rule.hash_threshold)
+    return out
