@@ -227,7 +227,7 @@ def _hashes_from_files(index: Index, ids: list[int]) -> list[int | None]:
         if it is None:
             return None
         try:
-            return phash(load_image(it.abspath, draft_size=128))
+            return phash(load_image(it.abspath, draft_size=512))  # as the default embedder decodes
         except ImageError:
             return None
 

@@ -21,9 +21,9 @@ class DuplicateRule:
     representative; ``complete``: of every other member; ``single``: connected through any chain of pairs.
     """
 
-    threshold: float = 0.90
-    hash_distance: int = 8
-    hash_threshold: float = 0.5
+    threshold: float = 0.87
+    hash_distance: int = 9
+    hash_threshold: float = 0.4
     linkage: str = "star"
 
     def __post_init__(self):
