@@ -425,4 +425,6 @@ def test_the_representative_is_the_original_jpeg(tmp_path, real_backbone, monkey
         _assert_same_groups(find_duplicates(idx), groups)
         monkeypatch.delattr(Index, "phashes")  # an index class without the accessor at all
         _assert_same_groups(find_duplicates(idx), groups)
-        assert duplicates_of(idx, idx.id_for_path("b/dahlia_gray.jpg")).size == 3
+        assert duplicates_of(idx, idx.id_for_path("a/dahlia.jpg")).size == 3
+        gray = duplicates_of(idx, idx.id_for_path("b/dahlia_gray.jpg"))  # a star around the grayscale copy
+        assert "a/dahlia.jpg" in {it.path for it in gray.items}
