@@ -11,6 +11,7 @@ import sys
 import click
 
 from . import __version__
+from .engines import list_engines
 
 log = logging.getLogger("simsearch")
 
@@ -101,7 +102,7 @@ def main():
 @click.option("--prune", is_flag=True, help="Remove entries whose files no longer exist.")
 @click.option(
     "--engine",
-    type=click.Choice(["auto", "openvino", "torch", "ray"]),
+    type=click.Choice(["auto", *list_engines()]),
     help="Inference engine [default: auto: OpenVINO where installed, else torch; an existing index keeps its own].",
 )
 @click.option(
@@ -143,17 +144,11 @@ def index_cmd(
 
     bb = create_backbone(backbone, arch=arch) if backbone else None
     scale = {"memory_budget": memory_budget, "target_recall": target_recall}
-    if engine == "ray":  # decoding and embedding as a Ray Data pipeline (simsearch[ray]); the index is built here
-        from .distributed import ray_embedder
-
-        scale["embedder"] = ray_embedder(
-            list(folders), out, backbone=bb, address=address, batch_size=batch_size, max_pixels=max_pixels
-        )
-        engine = None
     r = build_index(
         list(folders), out, backbone=bb, index_factory=index_factory, prune=prune, batch_size=batch_size,
         workers=workers, max_pixels=max_pixels, follow_symlinks=follow_symlinks, progress=not quiet,
-        strict=strict, commit_every=commit_every, engine=engine, precision=precision, draft=draft, **scale,
+        strict=strict, commit_every=commit_every, engine=engine, precision=precision, draft=draft,
+        engine_options={"address": address} if address else None, **scale,
     )  # fmt: skip
     used = getattr(r, "embedding", None)
     how = f", {used['engine']} {used['precision']}" if used else ""
@@ -233,8 +228,8 @@ def info_cmd(index_path, quiet):
 
     emb = recorded_settings(info.get("extra"), info["count"])
     if emb:
-        decoding = "reduced-size JPEG decoding" if emb["draft"] else "full decoding"
-        text += f"\n{'embedding':>18}: {emb['engine']} {emb['precision']}, {decoding}"
+        decoding = "reduced-size JPEG decoding" if emb.draft else "full decoding"
+        text += f"\n{'embedding':>18}: {emb.engine} {emb.precision}, {decoding}"
     from .autoindex import describe
 
     auto = describe(idx.manifest)

@@ -817,6 +817,7 @@ def build_index(
     strict: bool = False,
     memory_budget: int | str | None = None,
     target_recall: float | None = None,
+    engine_options: dict | None = None,
 ) -> UpdateReport:
     """Index every image under ``roots`` into ``out`` (default ``indexes/<folder name>``), incrementally.
 
@@ -830,7 +831,8 @@ def build_index(
     ``engine`` (auto|openvino|torch, or a callable), ``precision`` (auto|fp32|bf16), ``draft`` (reduced-size JPEG
     decoding, default on) and ``batch_size`` (default: the engine's) choose how a new index is embedded; they are
     recorded in the manifest (``extra["embedding"]``) and an existing index keeps its own (see
-    :func:`simsearch.embed.embedder_for_index`).
+    :func:`simsearch.embed.embedder_for_index`). ``engine_options`` go to the engine's factory (e.g.
+    ``{"address": "auto"}`` for ``engine="ray"``).
     """
     if commit_every < 1:
         raise SimsearchError(f"commit_every must be at least 1, not {commit_every}")
@@ -912,13 +914,14 @@ def build_index(
                 embedder, settings = embedder_for_index(
                     bb, manifest.extra, manifest.count, engine=engine, precision=precision, draft=draft,
                     where=str(path), batch_size=batch_size, workers=workers, max_pixels=max_pixels,
+                    engine_options=engine_options,
                 )  # fmt: skip
             else:
                 from .embed import recorded_settings
 
                 settings = recorded_settings(manifest.extra, manifest.count) or embedder.settings()
-            writer.m.extra["embedding"] = settings  # query time embeds the same way (Index.embedder)
-            report.embedding = settings
+            writer.m.extra["embedding"] = settings.to_dict()  # query time embeds the same way (Index.embedder)
+            report.embedding = settings.to_dict()
             return embedder
 
         writer = None
