@@ -110,6 +110,36 @@ def _broken_engine(*args, **kwargs):
     raise RuntimeError("conversion failed")
 
 
+def test_a_registered_engine_is_made_by_name_with_its_options(image_folder, tmp_path, monkeypatch):
+    from simsearch.engines import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # restored after the test
+    made = []
+
+    class Tagged(TorchEngine):
+        name = "tagged"
+
+    def factory(backbone, precision, batch_size, **options):
+        made.append((precision, batch_size, options))
+        return Tagged(backbone, precision, batch_size)
+
+    engines.register_engine("tagged", factory)
+    assert "tagged" in engines.list_engines()
+    with pytest.raises(ValueError, match="already registered"):
+        engines.register_engine("tagged", factory)
+    with pytest.raises(ValueError, match="auto"):
+        engines.register_engine("auto", factory)
+    out = tmp_path / "index"
+    r = build_index(
+        [image_folder], out, backbone=TINY, engine="tagged", precision="fp32", batch_size=3,
+        engine_options={"flavour": "x"},
+    )  # fmt: skip
+    assert made == [("fp32", 3, {"flavour": "x"})]
+    assert r.embedding == {"engine": "tagged", "precision": "fp32", "draft": True}
+    with simsearch.open_index(out) as idx:
+        assert idx.embedder.engine.name == "tagged"  # query time makes the recorded engine by name
+
+
 # ----------------------------------------------------------------------------- OpenVINO
 
 
