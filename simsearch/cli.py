@@ -231,8 +231,10 @@ def info_cmd(index_path, quiet):
         decoding = "reduced-size JPEG decoding" if emb.draft else "full decoding"
         text += f"\n{'embedding':>18}: {emb.engine} {emb.precision}, {decoding}"
     from .autoindex import describe
+    from .config.autoindex import AutoIndexRecord
 
-    auto = describe(idx.manifest)
+    m = idx.manifest
+    auto = describe(AutoIndexRecord.from_extra(m.extra, str(idx.path)), m.count, m.index_factory)
     info.update({k: v for k, v in auto.items() if k != "lines"})
     text += "".join(f"\n{k:>18}: {v}" for k, v in auto["lines"])
     return info, text
@@ -516,7 +518,7 @@ def rebuild_cmd(index_path, index_factory, memory_budget, target_recall, quiet):
     Advisable when the collection grew far past what the index was trained for (`simsearch info` says so).
     No image is re-embedded: vectors come from the index (approximations for compressed indexes).
     """
-    from .autoindex import rebuild_index
+    from .index import rebuild_index
 
     r = rebuild_index(index_path, index_factory, memory_budget=memory_budget, target_recall=target_recall)
     rec = r["record"]

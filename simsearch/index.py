@@ -34,6 +34,7 @@ import numpy as np
 from . import __version__
 from .backbones import DEFAULT_BACKBONE, Backbone, create_backbone
 from .errors import IndexFormatError, IndexLockedError, SimsearchError
+from .faissops import new_faiss_index
 from .images import DEFAULT_MAX_PIXELS, ImageFileInfo, scan
 
 log = logging.getLogger("simsearch")
@@ -219,20 +220,6 @@ def _safe_relpath(relpath: str, where: str) -> str:
 
 
 # ------------------------------------------------------------------------------ FAISS
-
-
-def new_faiss_index(dim: int, factory: str = DEFAULT_FACTORY):
-    """An inner-product FAISS index from a factory string, always wrapped in ``IndexIDMap2``."""
-    import faiss
-
-    if not factory.startswith("IDMap"):
-        factory = f"IDMap2,{factory}"
-    factory = factory.replace("IDMap,", "IDMap2,", 1) if factory.startswith("IDMap,") else factory
-    try:
-        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT), factory
-    except RuntimeError as e:
-        msg = str(e).strip().splitlines()[-1] if str(e).strip() else "invalid"
-        raise SimsearchError(f"invalid FAISS factory string {factory!r}: {msg[:200]}") from None
 
 
 def _faiss_message(e: Exception) -> str:
@@ -692,8 +679,15 @@ class _Writer:
         self.flush_training(final)
         if final and self.dirty and not self.pending_train:
             from .autoindex import finalize as _finalize_auto
+            from .config.autoindex import INDEX_AUTO_KEY, AutoIndexRecord
 
-            _finalize_auto(self)  # `--index auto`: choose (again) for the final number of vectors
+            # `--index auto`: choose (again) for the final number of vectors
+            done = _finalize_auto(self.faiss, AutoIndexRecord.from_extra(self.m.extra, str(self.path / MANIFEST)))
+            if done is not None:
+                new_index, record = done
+                if new_index is not None:
+                    self.faiss, self.m.index_factory = new_index, str(record.choice)
+                self.m.extra[INDEX_AUTO_KEY] = record.to_dict()
         if self.pending_train or not self.dirty:
             return  # nothing new, or an untrained index that cannot be saved yet (committed once trained)
         try:
@@ -859,9 +853,10 @@ def build_index(
             if bb is not None:
                 check_backbone(existing, bb, where=str(path))
             if "index_auto" in existing.extra and (memory_budget is not None or target_recall is not None):
-                from .autoindex import update_config
+                from .config.autoindex import AutoIndexRecord
 
-                update_config(existing.extra["index_auto"], memory_budget, target_recall)
+                record = AutoIndexRecord.from_extra(existing.extra, str(path / MANIFEST))
+                existing.extra["index_auto"] = record.with_settings(memory_budget, target_recall).to_dict()
             if index_factory == "auto" and "index_auto" in existing.extra:
                 index_factory = None  # the index is already automatic
             if index_factory and new_faiss_index(existing.dim, index_factory)[1] != existing.index_factory:
@@ -894,9 +889,10 @@ def build_index(
                 extra=dict(bb.extra),
             )
             if auto:
-                from .autoindex import auto_config
+                from .config.autoindex import AutoIndexRecord, AutoIndexSpec
 
-                manifest.extra["index_auto"] = auto_config(memory_budget, target_recall)
+                spec = AutoIndexSpec.from_options(memory_budget, target_recall)
+                manifest.extra["index_auto"] = AutoIndexRecord.new(spec).to_dict()
             base_meta = None
         for r in roots:
             if str(r) not in manifest.roots:
@@ -1054,6 +1050,51 @@ def _update(
         if pending >= commit_every:
             writer.commit()
             pending = 0
+
+
+def rebuild_index(
+    path,
+    index_factory: str = "auto",
+    *,
+    memory_budget=None,
+    target_recall: float | None = None,
+    progress: bool = False,
+) -> dict:
+    """Retrain the FAISS index of the saved index at ``path`` on all its vectors, re-tune it and save a new
+    generation (metadata unchanged). ``index_factory`` is ``"auto"`` or any factory string."""
+    from .autoindex import rebuild
+    from .config.autoindex import AutoIndexRecord
+
+    t0 = time.perf_counter()
+    path = Path(path).expanduser()
+    if not (path / MANIFEST).exists():
+        raise IndexFormatError(f"no index at {path}")
+    with writer_lock(path):
+        m = read_manifest(path)
+        index, db = _load_generation(path, m)
+        db.close()
+        previous = AutoIndexRecord.from_extra(m.extra, str(path / MANIFEST))
+        new_index, record = rebuild(
+            index, index_factory, previous, memory_budget=memory_budget, target_recall=target_recall,
+            progress=progress,
+        )  # fmt: skip
+        del index
+        new_m = dataclasses.replace(
+            m, index_factory=str(record.choice), extra={**m.extra, "index_auto": record.to_dict()}
+        )
+        writer = _Writer(path, new_m, new_index, path / m.metadata_file)
+        try:
+            writer.dirty = True
+            writer.commit()
+        finally:
+            writer.close()
+    return {
+        "path": str(path),
+        "count": int(new_index.ntotal),
+        "index_factory": record.choice,
+        "record": record.to_dict(),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
 
 
 def _still_unreadable(f: ImageFileInfo, max_pixels: int | None) -> bool:
