@@ -41,6 +41,7 @@ from .errors import SimsearchError
 from .faissops import (
     FLAT_FACTORY,
     all_vectors,
+    faiss_module,
     find_stage,
     is_exact_flat,
     is_exact_storage,
@@ -176,7 +177,7 @@ def plan(n: int, dim: int, spec: AutoIndexSpec | None = None) -> Plan:
 
 def exact_neighbors(xq: np.ndarray, xb: np.ndarray, k: int, chunk: int = 200_000) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` by inner product of ``xq`` in ``xb`` (row numbers), in chunks of ``xb``."""
-    import faiss
+    faiss = faiss_module()
 
     xq = np.ascontiguousarray(xq, dtype=np.float32)
     best_d = np.full((len(xq), k), -np.inf, dtype=np.float32)
@@ -207,7 +208,7 @@ def _drop_self(rows: np.ndarray, selves: np.ndarray, k: int) -> np.ndarray:
 
 def _grid(index: Any) -> list[list[dict[str, float]]]:
     """Candidate search parameters: for each secondary setting, a list of increasingly expensive primary ones."""
-    import faiss
+    faiss = faiss_module()
 
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:

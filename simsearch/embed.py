@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,7 @@ from .config.embedding import AUTO, EmbeddingSettings, recorded_settings
 from .engines import (
     REFERENCE,
     EngineCallable,
+    ImageSource,
     Preprocessor,
     TorchEngine,
     cached_backbone,
@@ -113,7 +114,7 @@ class Embedder:
     def dim(self) -> int:
         return self.backbone.dim
 
-    def preprocess(self, source: object) -> Any:
+    def preprocess(self, source: ImageSource) -> Any:
         """Decode one image (path, bytes, PIL image) and apply the backbone's eval transform."""
         return self.preprocessor(source)
 
@@ -149,7 +150,7 @@ class Embedder:
         bar = _progress_bar(len(items), progress, desc)
         decoded = self._decoded_batches(items, path_of)
         stream = getattr(self.engine, "stream", None)
-        results = stream(decoded) if stream is not None else ((b, self._infer(x)) for b, x in decoded)
+        results: Generator = stream(decoded) if stream is not None else ((b, self._infer(x)) for b, x in decoded)
         try:
             for batch, vectors in results:
                 batch.vectors = vectors
@@ -179,7 +180,7 @@ class Embedder:
     def _infer(self, x: Any) -> np.ndarray:
         return self.engine(x) if x is not None else np.zeros((0, self.dim), np.float32)
 
-    def _decoded_batches(self, items: Sequence, path_of: Callable) -> Iterator[tuple[EmbeddedBatch, Any]]:
+    def _decoded_batches(self, items: Sequence, path_of: Callable) -> Generator[tuple[EmbeddedBatch, Any], None, None]:
         """``(batch, stacked tensor or None)`` in input order; decoded by ``workers`` threads, a bounded window
         ahead of the consumer."""
         batch = EmbeddedBatch()

@@ -19,10 +19,18 @@ FLAT_FACTORY = "IDMap2,Flat"  # the default index, and what an `auto` index hold
 FAISS_PARAMS = {"nprobe": "nprobe", "k_factor": "k_factor_rf", "efSearch": "efSearch"}  # record key → ParameterSpace
 
 
+def faiss_module() -> Any:
+    """The ``faiss`` module, imported on first use (an index's reader may never need it), typed loosely: its
+    SWIG objects are downcast at run time."""
+    import faiss
+
+    return faiss
+
+
 def new_faiss_index(dim: int, factory: str = FLAT_FACTORY) -> tuple[Any, str]:
     """An inner-product FAISS index from a factory string, always wrapped in ``IndexIDMap2``; and the full
     factory string."""
-    import faiss
+    faiss = faiss_module()
 
     if not factory.startswith("IDMap"):
         factory = f"IDMap2,{factory}"
@@ -36,7 +44,7 @@ def new_faiss_index(dim: int, factory: str = FLAT_FACTORY) -> tuple[Any, str]:
 
 def stages(index: Any) -> list[Any]:
     """The index and the indexes it wraps (IDMap → Refine / PreTransform → ...), each downcast."""
-    import faiss
+    faiss = faiss_module()
 
     out = [faiss.downcast_index(index)]
     while len(out) < 8:
@@ -53,7 +61,7 @@ def find_stage(index: Any, cls: type) -> Any:
 
 def search_params(index: Any) -> dict[str, float]:
     """The index's current search parameters (nprobe, k_factor, efSearch: those that apply)."""
-    import faiss
+    faiss = faiss_module()
 
     out: dict[str, float] = {}
     ivf = faiss.try_extract_index_ivf(index)
@@ -70,7 +78,7 @@ def search_params(index: Any) -> dict[str, float]:
 
 def set_search_params(index: Any, params: dict[str, float]) -> None:
     """Set nprobe / k_factor / efSearch with ``faiss.ParameterSpace`` wherever they apply (others are ignored)."""
-    import faiss
+    faiss = faiss_module()
 
     space = faiss.ParameterSpace()
     for key, value in params.items():
@@ -83,7 +91,7 @@ def set_search_params(index: Any, params: dict[str, float]) -> None:
 
 def no_polysemous(index: Any) -> None:
     """Turn off FAISS's polysemous training of PQ codes (slow, and only useful for Hamming filtering, unused here)."""
-    import faiss
+    faiss = faiss_module()
 
     nodes = stages(index)
     refine = find_stage(index, faiss.IndexRefine)
@@ -96,7 +104,7 @@ def no_polysemous(index: Any) -> None:
 
 def prepare(index: Any) -> None:
     """Give an IVF index a direct map so items can be reconstructed (query by id, export)."""
-    import faiss
+    faiss = faiss_module()
 
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
@@ -109,7 +117,7 @@ def remove_ids(index: Any, ids: np.ndarray) -> bool:
     The inner ids are renumbered to stay 0..n-1, as IDMap2 requires. Returns False for other index types
     (the caller then uses FAISS's own ``remove_ids``).
     """
-    import faiss
+    faiss = faiss_module()
 
     idmap = faiss.downcast_index(index)
     ivf = faiss.try_extract_index_ivf(index)
@@ -147,7 +155,7 @@ def remove_ids(index: Any, ids: np.ndarray) -> bool:
 
 def is_exact_storage(index: Any) -> bool:
     """Whether the index reconstructs the original vectors exactly (flat codes or an exact refine stage)."""
-    import faiss
+    faiss = faiss_module()
 
     refine = find_stage(index, faiss.IndexRefine)
     if refine is not None:
@@ -166,7 +174,7 @@ def is_exact_storage(index: Any) -> bool:
 
 def is_exact_flat(index: Any) -> bool:
     """An IDMap2 directly over exact flat storage (what an ``auto`` index holds until it is chosen)."""
-    import faiss
+    faiss = faiss_module()
 
     nodes = stages(index)
     return len(nodes) == 2 and isinstance(nodes[0], faiss.IndexIDMap2) and isinstance(nodes[1], faiss.IndexFlat)
@@ -174,7 +182,7 @@ def is_exact_flat(index: Any) -> bool:
 
 def all_vectors(index: Any) -> tuple[np.ndarray, np.ndarray]:
     """(ids, vectors) of an IDMap2 index, in insertion order (a view, not a copy, of flat storage)."""
-    import faiss
+    faiss = faiss_module()
 
     idmap = faiss.downcast_index(index)
     ids = faiss.vector_to_array(idmap.id_map).astype(np.int64)

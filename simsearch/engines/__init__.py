@@ -25,7 +25,7 @@ from .registry import (
     resolve_precision,
 )
 from .torch import TorchEngine
-from .transform import NumpyTransform, Preprocessor
+from .transform import ImageSource, NumpyTransform, Preprocessor
 
 __all__ = [
     "AUTO_ORDER",
@@ -37,6 +37,7 @@ __all__ = [
     "EngineFactory",
     "EngineInfo",
     "FileEngine",
+    "ImageSource",
     "NumpyTransform",
     "OpenVINOEngine",
     "Preprocessor",

@@ -15,13 +15,12 @@ Two optional abilities, found by their method (``stream``, ``embed_paths``):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from ..backbones import Backbone
-    from .transform import Preprocessor
+from ..backbones import Backbone
+from .transform import Preprocessor
 
 Batch = Any  # a (B, 3, H, W) float32 torch tensor or numpy array
 EngineCallable = Callable[[Batch], np.ndarray]

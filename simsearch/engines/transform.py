@@ -9,6 +9,7 @@ timm's eval transform with PIL and numpy only, so that the OpenVINO engine's pro
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,8 @@ from PIL import Image
 
 from ..backbones import Backbone
 from ..images import DEFAULT_MAX_PIXELS, clip_aspect, draft_size_for, load_image
+
+ImageSource = str | Path | bytes | Image.Image  # what load_image decodes
 
 _PIL_FILTERS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 
@@ -102,7 +105,7 @@ class Preprocessor:
         self.clip = self.data_config.get("crop_mode", "center") == "center"
         self.input_size = int(self.data_config["input_size"][-1])
 
-    def __call__(self, source: object) -> Any:
+    def __call__(self, source: ImageSource) -> Any:
         img = load_image(source, max_pixels=self.max_pixels, draft_size=self.draft_size)
         if self.clip:
             img = clip_aspect(img)  # a 100000x2 image would otherwise be resized to gigabytes

@@ -16,6 +16,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,8 @@ class TrainingData:
         if self.kind == "classes":
             return ga != gb
         g = len(self.group_names)
-        return np.isin(np.minimum(ga, gb) * g + np.maximum(ga, gb), self.negative_groups)
+        negative = self.negative_groups if self.negative_groups is not None else np.zeros(0, np.int64)
+        return np.isin(np.minimum(ga, gb) * g + np.maximum(ga, gb), negative)
 
     def digest(self) -> str:
         """SHA-256 over the training and validation images (path, size, mtime), their groups and the pairs."""
@@ -320,7 +322,7 @@ def load_training_data(
         )  # fmt: skip
     if labels is not None:
         paths, labs, splits = read_labels(labels, None, root, exclude_labels=exclude_labels, classes=classes)
-        source = {"labels_csv": str(Path(labels).resolve())}
+        source: dict[str, Any] = {"labels_csv": str(Path(labels).resolve())}
     else:
         if root is not None:
             raise SimsearchError("root applies to CSV inputs; give the class folder itself")

@@ -97,7 +97,8 @@ def read_labels(
         rows = _read_csv(csv_path, LABEL_COLUMNS, "labels")
         base = Path(root).expanduser() if root else csv_path.parent
         has_split = any("split" in r for r in rows)
-        kept, other = [], Counter()
+        kept: list[tuple[Path, str, str | None]] = []
+        other: Counter[str] = Counter()
         for r in rows:
             split = _split_of(r, str(csv_path)) if has_split else None
             if has_split and split is None:

@@ -107,7 +107,7 @@ class Run:
         self.loss_name = loss_for(cfg, data)
         self.use_cache = cfg.cache
         self.n_views = max(1, cfg.views) if (cfg.augment and cfg.cache) else 1
-        self.aug = {"seed": cfg.seed, **AUGMENTATION}
+        self.aug: dict[str, Any] = {"seed": cfg.seed, **AUGMENTATION}
         fcache = FeatureCache(
             cache_root, base_sha=base.weights_sha256, arch=base.arch, cut=self.cut, data_config=base.data_config,
             precision=self.precision,
