@@ -12,8 +12,7 @@ from fakevectors import VectorEmbedder, vector_for, write_files
 
 import simsearch
 import simsearch.store
-from simsearch import rebuild
-from simsearch import autoindex
+from simsearch import autoindex, rebuild
 from simsearch.backbones import l2_normalize
 from simsearch.cli import main
 from simsearch.errors import SimsearchError
