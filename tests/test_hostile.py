@@ -23,10 +23,10 @@ from badfiles import IS_ROOT, make_tiny_checkpoint, small_jpegs
 from click.testing import CliRunner
 
 import simsearch
-from simsearch.store import generation as index_mod
 from simsearch.cli import main
 from simsearch.errors import BackboneError, IndexFormatError, SimsearchError
 from simsearch.index import MANIFEST, build_index, open_index, read_manifest, verify_index
+from simsearch.store import generation as index_mod
 
 SRC = Path(simsearch.__file__).parent
 
