@@ -319,17 +319,22 @@ class Index:
         return self.write([self.prepare_put(key, images, attributes, vectors=vectors)])[0]
 
     def prepare_put(self, key: str, images: Sequence = (), attributes: dict | None = None, *, vectors=None) -> NewOp:
-        """The journal entry of :meth:`put` (embedding done, nothing written yet): for batches of writes."""
+        """The journal entry of :meth:`put` (embedding done, nothing written yet): for batches of writes.
+
+        With ``vectors`` (one row per image, embedded the index's way elsewhere) the images are recorded, not
+        embedded."""
         check_text(key, "an item key")
         attrs, _ = check_attributes(attributes or {}, self._schema())
         images = list(images)
+        if not images:
+            raise SimsearchError(f"item {key!r}: give at least one photo")
         if vectors is None:
-            if not images:
-                raise SimsearchError(f"item {key!r}: give at least one photo")
             vecs = self.embed(images)
         else:
             vecs = np.vstack([check_vector(v, self.manifest.dim) for v in np.atleast_2d(np.asarray(vectors))])
-        photos = tuple(self._keep_photo(img) for img in images) or tuple(f"vector:{key}:{i}" for i in range(len(vecs)))
+            if len(vecs) != len(images):
+                raise SimsearchError(f"item {key!r}: {len(images)} photos but {len(vecs)} vectors")
+        photos = tuple(self._keep_photo(img) for img in images)
         return NewOp("put", key, self._exists(key), attrs, vecs, photos)
 
     def patch(self, key: str, attributes: dict) -> int:
