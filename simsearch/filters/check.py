@@ -5,7 +5,8 @@ a bool is not a number. On a tags attribute ``=``/``in`` mean "has this value"/"
 MongoDB), so ``{"tags": "red"}`` and ``{"tags": ["red", "blue"]}`` read naturally.
 
 The canonical form: nested and/or flattened, children sorted by their text and deduplicated, list values sorted
-and deduplicated, double negations removed, the legacy ``path_prefix`` key turned into ``path prefix "..."``.
+and deduplicated, double negations removed, ``not a = 1`` written ``a != 1`` (and in/not in alike: ne and nin
+are exactly the negations of eq and in, missing values included), the legacy ``path_prefix`` key turned into ``path prefix "..."``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ _HINTS = {
     "int": "a number is compared with =, !=, <, <=, >, >=, in",
 }
 _HINTS["float"] = _HINTS["int"]
+_NEGATED = {"eq": "ne", "ne": "eq", "in": "nin", "nin": "in"}
 _TAGS_OP = {"eq": ("contains", False), "ne": ("contains", True), "in": ("any", False), "nin": ("any", True)}
 
 
@@ -49,6 +51,8 @@ def check(node: Node, schema: Mapping[str, str]) -> Node:
         return _cond(node, schema)
     if isinstance(node, Not):
         inner = check(node.item, schema)
+        if isinstance(inner, Cond) and inner.op in _NEGATED and schema.get(inner.attr) != "tags":
+            return Cond(inner.attr, _NEGATED[inner.op], inner.value, inner.where)  # not a = 1 is a != 1
         return inner.item if isinstance(inner, Not) else Not(inner)
     kind = type(node)
     items: list[Node] = []

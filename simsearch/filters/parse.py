@@ -115,6 +115,9 @@ class _DictParser:
                 items.append(Not(self.filter(value, where, depth + 1)))
             elif key.startswith("$"):
                 raise FilterProblem(where, f"unknown logical operator {show(key)}: use $and, $or or $not")
+            elif isinstance(value, (list, tuple)) and any(isinstance(v, Mapping) for v in value):
+                hint = f" (here ${key.lower()})" if key.lower() in ("and", "or") else ""
+                raise FilterProblem(where, f"a list of filters: the logical operators are $and, $or, $not{hint}")
             elif value is not None:  # None: no condition, so optional parameters can be passed straight on
                 items.extend(self.conditions(key, value, where))
         if len(items) == 1:
@@ -210,7 +213,9 @@ def _quoted(text: str, start: int) -> tuple[str, int]:
                 out.append(chr(int(text[i + 2 : i + 6], 16)))
                 i += 6
                 continue
-            raise FilterProblem(_column(i), f"unknown escape {show(text[i : i + 2])[1:-1]} in a quoted string")
+            if not esc:
+                break
+            raise FilterProblem(_column(i), f"unknown escape \\{show(esc)[1:-1]} in a quoted string")
         out.append(c)
         i += 1
     raise FilterProblem(_column(start), f"the quote {quote} is never closed")
@@ -384,6 +389,10 @@ class _TextParser:
         if tok.kind == "kw" and tok.value in ("true", "false"):
             self.advance()
             return tok.value == "true"
+        if tok.kind == "name":
+            raise FilterProblem(
+                _column(tok.pos), f'expected a value, found {tok.described()} (quote text: "{tok.value}")'
+            )
         raise self.fail('a value (a number, "text", true or false)')
 
     def value_list(self) -> tuple[Scalar, ...]:
