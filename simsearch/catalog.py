@@ -10,8 +10,9 @@ JSON lists of text (``["red", "sale"]``) → tags; anything else → str (the ce
 is missing. A number with a leading zero (``007``) is text, so codes keep their zeros. JSONL and Parquet values
 keep their own types, and a column that mixes them (12 and "abc", true and 1) is refused. NaN is missing.
 
-Attribute columns may not be called ``key``, ``id``, ``score`` or ``rank`` (in any case: results carry these
-beside the attributes), nor start with ``$`` (the logical operators of filters). Keys are text (an integer key in
+Attribute columns may not have a name of :data:`simsearch.attributes.RESERVED` (key, id, score, rank, path,
+photos, images: results carry these beside the attributes), nor start with ``$`` (the logical operators of
+filters); text is at most :data:`simsearch.attributes.MAX_TEXT` characters, as for live writes. Keys are text (an integer key in
 JSONL/Parquet becomes its decimal text), non-empty, without control characters, unique.
 
 Every problem is a :class:`~simsearch.errors.CatalogError`: one line naming the file, the line (CSV, JSONL) or
@@ -31,10 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from simsearch.attributes import MAX_TEXT, RESERVED
 from simsearch.errors import CatalogError
 
-#: Column names an attribute may not have (used by results and the service); compared case-insensitively.
-RESERVED = frozenset({"key", "id", "score", "rank"})
 #: Image columns looked for, in this order, when ``image_column`` is not given (case-insensitively).
 IMAGE_COLUMNS = ("image", "images", "photo", "photos", "path", "paths", "file")
 _FORMATS = {
@@ -235,7 +235,7 @@ def _find_column(path: Path, columns: list[str], wanted: list[str], what: str, o
 
 
 def _check_name(path: Path, name: str) -> None:
-    if name.lower() in RESERVED:
+    if name in RESERVED:
         raise CatalogError(
             f"{path}: the column {_show(name)} has a reserved name ({', '.join(sorted(RESERVED))} are used by"
             " results); rename it"
@@ -247,6 +247,8 @@ def _check_name(path: Path, name: str) -> None:
 def _text(value: str, where: str, what: str) -> str:
     if _BAD_TEXT.search(value):
         raise CatalogError(f"{where}: {what} {_show(value)} is not valid UTF-8 text (a lone surrogate)")
+    if len(value) > MAX_TEXT:
+        raise CatalogError(f"{where}: {what} {_show(value)} is longer than {MAX_TEXT} characters")
     return value
 
 
@@ -298,6 +300,7 @@ def _kind(value: object, is_csv: bool, where: str, name: str) -> str | None:
         return None
     if is_csv:
         assert isinstance(value, str)
+        _text(value, where, _show(name) + " =")
         if _INT.fullmatch(value):
             return "int" if -_INT64 <= int(value) < _INT64 else "str"
         if _FLOAT.fullmatch(value):  # no leading zeros (007 is a code, not a number)
