@@ -251,9 +251,11 @@ class Tags:
         self.has, self.start, self.count = grow(self.has, cap), grow(self.start, cap), grow(self.count, cap)
 
     def write(self, pos: np.ndarray, values: Sequence[Any]) -> None:
-        for p in pos[self.count[pos] > 0]:  # the rows' old pairs die
-            self.codes[self.start[p] : self.start[p] + self.count[p]] = -1
-        self.dead += int(self.count[pos].sum())
+        old_start, old_count = self.start[pos], self.count[pos]
+        if old_count.any():  # the rows' old pairs die: indices start..start+count-1 of every row at once
+            offsets = np.arange(int(old_count.sum())) - np.repeat(np.cumsum(old_count) - old_count, old_count)
+            self.codes[np.repeat(old_start, old_count) + offsets] = -1
+            self.dead += int(old_count.sum())
         codes = self.vocab.encode(t for v in values if v for t in v)
         counts = np.array([len(v) if v else 0 for v in values], np.int64)
         end = self.used + len(codes)
