@@ -101,7 +101,7 @@ def read_catalog(
     attrs = [c for c in columns if c not in (key_col, image_col)]
     for name in attrs:
         _check_name(path, name)
-    base = Path(root).absolute() if root is not None else path.absolute().parent
+    base = (Path(root).expanduser() if root is not None else path.absolute().parent).resolve()
     is_csv = fmt == "csv"
     schema = {
         name: _column_type(path, unit, name, [(n, rec.get(name)) for n, rec in records], is_csv) for name in attrs
