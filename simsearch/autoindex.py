@@ -45,7 +45,6 @@ from .faissops import (
     find_stage,
     is_exact_flat,
     is_exact_storage,
-    new_faiss_index,
     no_polysemous,
     prepare,
     remove_ids,
@@ -53,6 +52,7 @@ from .faissops import (
     set_search_params,
 )
 from .progress import progress_bar
+from .store import new_faiss_index
 from .system import physical_memory
 
 log = logging.getLogger("simsearch")

@@ -1,7 +1,7 @@
 """Operations on FAISS index objects that FAISS lacks or hides (pure functions; no simsearch state).
 
-Every simsearch index is an ``IndexIDMap2`` (ids are item ids) over a factory string: :func:`new_faiss_index`
-makes one. FAISS cannot remove ids from an ``IDMap2`` over an IVF correctly (the inner ids are not renumbered):
+Every simsearch index is an ``IndexIDMap2`` (ids are photo ids) over a factory string
+(:func:`simsearch.store.new_faiss_index`). FAISS cannot remove ids from an ``IDMap2`` over an IVF correctly (the inner ids are not renumbered):
 :func:`remove_ids` does. Search parameters are set with ``faiss.ParameterSpace`` and IVF stages are found with
 ``faiss.try_extract_index_ivf``; the few stages FAISS has no accessor for (refine, HNSW) are found by following
 the wrapped indexes (:func:`stages`).
@@ -13,8 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SimsearchError
-
 FLAT_FACTORY = "IDMap2,Flat"  # the default index, and what an `auto` index holds until it is chosen
 FAISS_PARAMS = {"nprobe": "nprobe", "k_factor": "k_factor_rf", "efSearch": "efSearch"}  # record key → ParameterSpace
 
@@ -25,21 +23,6 @@ def faiss_module() -> Any:
     import faiss
 
     return faiss
-
-
-def new_faiss_index(dim: int, factory: str = FLAT_FACTORY) -> tuple[Any, str]:
-    """An inner-product FAISS index from a factory string, always wrapped in ``IndexIDMap2``; and the full
-    factory string."""
-    faiss = faiss_module()
-
-    if not factory.startswith("IDMap"):
-        factory = f"IDMap2,{factory}"
-    factory = factory.replace("IDMap,", "IDMap2,", 1) if factory.startswith("IDMap,") else factory
-    try:
-        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT), factory
-    except RuntimeError as e:
-        msg = str(e).strip().splitlines()[-1] if str(e).strip() else "invalid"
-        raise SimsearchError(f"invalid FAISS factory string {factory!r}: {msg[:200]}") from None
 
 
 def stages(index: Any) -> list[Any]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import SimsearchError
 from ..evaluate import select_classes
 from ..images import scan
-from ..index import label_from_path
+from ..store import label_from_path
 
 log = logging.getLogger("simsearch")
 
