@@ -14,6 +14,7 @@ top k of the matching items: a FAISS id selector for selective filters, a bounde
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -432,7 +433,7 @@ def _hits(snap: Snapshot, live: LiveState, ranked: list, fields: tuple[str, ...]
             it = stored[item_id]
             p = next((p for p in it.photos if p.id == photo_id), it.photos[0] if it.photos else None)
             key, attributes = it.key, it.attributes
-            path, abspath = (p.path, str(p.abspath)) if p else ("", "")
+            path, abspath = (p.path, os.path.join(p.root, p.path)) if p else ("", "")
         else:
             continue
         label = attributes.get("label")
