@@ -76,7 +76,7 @@ def select_neighbors(
 
 
 def _paths(index: Index, ids: np.ndarray) -> dict[int, str]:
-    return {it.id: text(it.path) for it in index.items(ids.tolist())}
+    return {it.id: text(it.path) or "" for it in index.items(ids.tolist())}
 
 
 def compute_neighbors(
@@ -148,7 +148,9 @@ def compute_neighbors(
             flat_ids = nid[row_idx, col_idx]
             uniq, inv = np.unique(flat_ids, return_inverse=True)
             lookup = _paths(index, uniq)
-            npaths = np.array([lookup.get(int(u)) for u in uniq], dtype=object)[inv] if len(uniq) else []
+            npaths: np.ndarray | list = (
+                np.array([lookup.get(int(u)) for u in uniq], dtype=object)[inv] if len(uniq) else []
+            )
             ranks = np.cumsum(valid, axis=1)[row_idx, col_idx].astype(np.int32)
             batch = pa.RecordBatch.from_arrays(
                 [

@@ -171,10 +171,10 @@ class Metadata:
         else:
             wanted = [int(i) for i in ids]
             arg = id_list(wanted)
-            rows = self.db.execute(
+            found = self.db.execute(
                 "SELECT id, key, attrs FROM items WHERE id IN (SELECT value FROM json_each(?))", (arg,)
             )
-            by_id = {r[0]: r for r in rows}
+            by_id = {r[0]: r for r in found}
             rows = [by_id[i] for i in wanted if i in by_id]
             photos = self.db.execute(
                 "SELECT item, id, root, path, size, mtime_ns, phash FROM photos "
