@@ -63,10 +63,11 @@ def _check_metadata(db: sqlite3.Connection, m: Manifest, photos: str, name: str)
     (check,) = db.execute("PRAGMA integrity_check").fetchone()
     if check != "ok":
         problems.append(f"{name}: {check}")
+    group = "root, path" if photos == "items" else "item, root, path"  # one photo may serve several items
     (dups,) = db.execute(
-        f"SELECT COUNT(*) FROM (SELECT 1 FROM {photos} GROUP BY root, path HAVING COUNT(*) > 1)"
+        f"SELECT COUNT(*) FROM (SELECT 1 FROM {photos} GROUP BY {group} HAVING COUNT(*) > 1)"
     ).fetchone()
-    if dups and m.source.get("kind", "folder") == "folder":
+    if dups:
         problems.append(f"{dups} paths appear more than once in the metadata")
     (rootless,) = db.execute(f"SELECT COUNT(*) FROM {photos} WHERE root < 0 OR root >= ?", (len(m.roots),)).fetchone()
     if rootless:
