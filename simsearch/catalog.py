@@ -190,7 +190,7 @@ def _read_jsonl(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]
 
 def _read_parquet(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
     try:
-        import pyarrow.parquet as pq  # type: ignore[import-untyped]
+        import pyarrow.parquet as pq
     except ImportError:
         raise CatalogError(f"{path}: reading Parquet needs pyarrow: pip install 'simsearch[scale]'") from None
     try:

@@ -230,7 +230,7 @@ class Index:
 
     def ids_matching(self, *, label=None, path_prefix: str | None = None) -> np.ndarray:
         """Ids of items with one of the given labels and/or a photo whose path starts with ``path_prefix``."""
-        from_filter = {}
+        from_filter: dict = {}
         if label is not None:
             from_filter["label"] = list(label) if isinstance(label, (list, tuple)) else [label]
         if path_prefix:
@@ -258,18 +258,18 @@ class Index:
 
     def vectors(self, ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of items (default: all, sorted by id); one vector per item as :meth:`vector`."""
-        ids = self.ids() if ids is None else np.asarray(ids, dtype=np.int64)
-        if len(ids) == 0:
-            return ids, np.zeros((0, self.manifest.dim), np.float32)
+        wanted = self.ids() if ids is None else np.asarray(ids, dtype=np.int64)
+        if len(wanted) == 0:
+            return wanted, np.zeros((0, self.manifest.dim), np.float32)
         if self._snapshot.single_photo:
-            photo_ids = self._snapshot.photos_of(ids)
+            photo_ids = self._snapshot.photos_of(wanted)
             items = self._snapshot.items_of(photo_ids)
             order = np.argsort(items)
-            pos = np.searchsorted(items[order], ids)
+            pos = np.searchsorted(items[order], wanted)
             vecs = np.asarray(self.faiss.reconstruct_batch(photo_ids[order][pos]), dtype=np.float32)
-            return ids, vecs
-        per_item = self._snapshot.item_vectors(ids)
-        return ids, np.vstack([_mean(per_item[int(i)]) for i in ids])
+            return wanted, vecs
+        per_item = self._snapshot.item_vectors(wanted)
+        return wanted, np.vstack([_mean(per_item[int(i)]) for i in wanted])
 
     # -- searching (see simsearch.search)
     def search(self, query, k: int = 10, **kwargs) -> list[Hit]:

@@ -48,7 +48,7 @@ class TorchEngine:
         self.batch_size = int(batch_size or DEFAULT_BATCH)
         self.channels_last = channels_last
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model: Any = backbone.model.to(memory_format=self.memory_format)  # type: ignore[attr-defined]
+        self.model: Any = backbone.model.to(memory_format=self.memory_format)
         limit_torch_threads()
 
     def settings(self) -> dict[str, str]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..attributes import value_type
 from ..filters import AttributeTable
 from .delta import DeltaJournal, Op
 from .reader import Snapshot
@@ -91,7 +92,7 @@ class LiveView:
                 items[op.key] = LiveItem(current.id, op.key, attrs, current.vectors, current.photo_ids, current.photos)
             for name, value in (op.attributes or {}).items() if op.kind != "delete" else ():
                 if value is not None and name not in schema:
-                    schema[name] = attribute_type(value)
+                    schema[name] = value_type(value) or "str"
             if base is not None:
                 hidden.add(base)
         return _state(self.snapshot, ops[-1].seq, items, hidden, deleted, schema)
@@ -115,6 +116,9 @@ class LiveView:
 
 def _state(snapshot, seq, items, hidden, deleted, schema) -> LiveState:
     live = list(items.values())
+    matrix: np.ndarray | None
+    owners: np.ndarray | None
+    table: tuple[np.ndarray, AttributeTable] | None
     if live:
         matrix = np.vstack([it.vectors for it in live]).astype(np.float32)
         owners = np.concatenate([np.full(len(it.vectors), it.id, np.int64) for it in live])
@@ -124,16 +128,3 @@ def _state(snapshot, seq, items, hidden, deleted, schema) -> LiveState:
         matrix = owners = None
         table = None
     return LiveState(snapshot, seq, items, frozenset(hidden), frozenset(deleted), schema, matrix, owners, table)
-
-
-def attribute_type(value) -> str:
-    """The attribute type of a JSON value (see :data:`simsearch.store.ATTRIBUTE_TYPES`)."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, list):
-        return "tags"
-    return "str"
