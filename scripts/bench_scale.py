@@ -196,6 +196,7 @@ def main() -> None:
     import faiss
 
     from simsearch import autoindex
+    from simsearch.config.autoindex import AutoIndexSpec
 
     base, labels = base_embeddings(args)
     dim = base.shape[1]
@@ -251,9 +252,10 @@ def main() -> None:
 
         for name, budget in (("auto", None), (f"auto, memory-lean {args.lean_bytes} B/vector", args.lean_bytes * n)):
             t0 = time.perf_counter()
-            index, factory, rec = autoindex.build(
-                xb, ids, "auto", memory_budget=budget, target_recall=args.target_recall
+            index, record = autoindex.build(
+                xb, ids, "auto", AutoIndexSpec(memory_budget=budget, target_recall=args.target_recall)
             )
+            factory, rec = record.choice, record.to_dict()
             build_s = time.perf_counter() - t0
             f = str(work / f"auto-{n}-{budget or 0}.faiss")
             faiss.write_index(index, f)

@@ -13,7 +13,7 @@ from PIL import Image, ImageEnhance, ImageOps
 import simsearch
 from simsearch import phash as ph
 from simsearch.config import DuplicateRule
-from simsearch.duplicates import hash_pairs
+from simsearch.duplicates import hash_pairs, phashes_stored
 from simsearch.embed import Embedder
 from simsearch.errors import SimsearchError
 from simsearch.images import load_image
@@ -166,13 +166,15 @@ def test_the_index_stores_the_hashes(tmp_path, tiny_backbone):
     Image.new("RGB", (40, 40), (10, 200, 10)).save(root / "flat.png")
     with simsearch.build_index([root], tmp_path / "index", backbone=tiny_backbone, workers=1) as idx:
         by_path = {it.path: it.id for it in idx.items()}
-        stored = dict(zip(idx.ids().tolist(), idx.phashes(idx.ids()), strict=True))
+        stored = dict(zip(idx.ids().tolist(), phashes_stored(idx, idx.ids()), strict=True))
         assert stored[by_path["flat.png"]] is None
         for n in range(4):
             assert stored[by_path[f"{n}.jpg"]] == ph.phash(load_image(root / f"{n}.jpg"))
-        assert idx.phashes([999]) == [None]
+        assert phashes_stored(idx, [999]) == [None]
     # an update adds hashes for the new files and keeps the others
     write_image(root / "new.jpg", 9, size=(90, 60))
     with simsearch.build_index([root], tmp_path / "index", backbone=tiny_backbone, workers=1) as idx:
-        got = dict(zip((it.path for it in idx.items()), idx.phashes([it.id for it in idx.items()]), strict=True))
+        got = dict(
+            zip((it.path for it in idx.items()), phashes_stored(idx, [it.id for it in idx.items()]), strict=True)
+        )
         assert got["new.jpg"] == ph.phash(load_image(root / "new.jpg")) and got["0.jpg"] is not None

@@ -15,7 +15,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from ..backbones import l2_normalize
-from ..duplicates import DEFAULT_THRESHOLD, duplicates_of
+from ..config import DUPLICATES
+from ..duplicates import duplicates_of, make_rule, originality
 from ..search import Hit as _Hit
 from ..search import recommend, search_vectors
 from .app import STATIC_DIR, ApiError, ServiceState
@@ -279,16 +280,30 @@ def duplicates_route(
     item_id: ItemId,
     state: State,
     request: Request,
-    threshold: Annotated[float, Query(gt=0, le=1, description="Minimum cosine similarity.")] = DEFAULT_THRESHOLD,
+    threshold: Annotated[
+        float, Query(gt=0, le=1, description="Cosine similarity at or above which items are near-duplicates.")
+    ] = DUPLICATES.threshold,
+    hash_distance: Annotated[
+        int, Query(ge=-1, le=64, description="Perceptual-hash distance at or below which hash_threshold suffices.")
+    ] = DUPLICATES.hash_distance,
+    hash_threshold: Annotated[
+        float, Query(ge=-1, le=1, description="The lower cosine bar for items with a close hash.")
+    ] = DUPLICATES.hash_threshold,
 ):
+    rule = make_rule(threshold, hash_distance=hash_distance, hash_threshold=hash_threshold)
     with state.index() as index:
         _require(index, [item_id])
-        group = duplicates_of(index, item_id, threshold)
+        group = duplicates_of(index, item_id, rule=rule)
+        rank = originality(index, group.items)
     dups = [
-        _hit(_Hit(rank, it.id, round(s, 6), it.path, it.label, ""), _base(request))
-        for rank, (it, s) in enumerate(zip(group.items[1:], group.scores[1:], strict=True), 1)
+        {**_hit(_Hit(n, it.id, round(s, 6), it.path, it.label, ""), _base(request)), "hash_distance": h, "reason": r}
+        for n, (it, s, h, r) in enumerate(
+            zip(group.items[1:], group.scores[1:], group.hash_distances[1:], group.reasons[1:], strict=True), 1
+        )
     ]
-    return {"id": item_id, "threshold": threshold, "group_size": group.size, "duplicates": dups}
+    return {"id": item_id, "threshold": rule.threshold, "hash_distance": rule.hash_distance,
+            "hash_threshold": rule.hash_threshold, "representative": max(rank, key=lambda i: rank[i]),
+            "group_size": group.size, "duplicates": dups}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ service
