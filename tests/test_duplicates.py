@@ -427,3 +427,17 @@ def test_the_representative_is_the_original_jpeg(tmp_path, real_backbone):
         assert duplicates_of(idx, idx.id_for_path("a/dahlia.jpg")).size == 3
         gray = duplicates_of(idx, idx.id_for_path("b/dahlia_gray.jpg"))  # a star around the grayscale copy
         assert "a/dahlia.jpg" in {it.path for it in gray.items}
+
+
+def test_collapse_duplicates_in_search_uses_the_pair_rule(copies_index):
+    """``Rules(collapse_duplicates=t)``: one result per group of near-duplicates, grayscale copies (close hash,
+    low cosine) included; a query image's copies collapse into one result."""
+    from simsearch.search import Rules
+
+    idx, fam = copies_index
+    dahlia = next(i for i, f in fam.items() if f == "dahlia" and "__" not in idx.item(i).path)
+    plain = idx.search(dahlia, k=10, exclude_query=False)
+    assert sum(fam[h.id] == "dahlia" for h in plain) >= 4
+    collapsed = idx.search(dahlia, k=10, exclude_query=False, rules=Rules(collapse_duplicates=DEFAULT_THRESHOLD))
+    assert [fam[h.id] for h in collapsed].count("dahlia") == 1 and len(collapsed) == 10
+    assert len({fam[h.id] for h in collapsed}) == 10
