@@ -115,7 +115,10 @@ def export_cmd(index_path, out, fmt, batch_size, overwrite, quiet):
 )
 @click.option("--min-score", type=float, help="Leave out neighbours scoring below this.")
 @click.option(
-    "--exclude-duplicates", type=click.FloatRange(0, 1), help="Leave out neighbours scoring at or above this."
+    "--exclude-duplicates",
+    type=click.FloatRange(0, 1),
+    help="Leave out the item's near-duplicates: neighbours scoring at or above this (a cosine), or with a close "
+    "perceptual hash (the duplicates rule's --hash-distance and --hash-threshold defaults).",
 )
 @click.option(
     "--self-exclude/--no-self-exclude", default=True, show_default=True, help="Leave each item out of its own list."
