@@ -4,8 +4,10 @@ The CLI and the server read their defaults from these (``dataclasses.replace`` t
 validates values with them. One module per area, each owned by the layer that uses it:
 
 - :mod:`simsearch.config.limits`: hard limits (k, pixels, request sizes) shared by the library and the service.
+- :mod:`simsearch.config.classify`: k, vote threshold and field of label suggestion, audit and its evaluation.
 """
 
+from .classify import CLASSIFY, ClassifySettings
 from .limits import LIMITS, Limits
 
-__all__ = ["LIMITS", "Limits"]
+__all__ = ["CLASSIFY", "LIMITS", "ClassifySettings", "Limits"]
