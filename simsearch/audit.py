@@ -8,6 +8,7 @@ first.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -46,17 +47,20 @@ def audit(
     field: str = CLASSIFY.field,
     min_confidence: float = CLASSIFY.audit_min_confidence,
     temperature: float = CLASSIFY.temperature,
+    exclude_labels: Sequence[str] = (),
     limit: int | None = None,
 ) -> list[Suspect]:
     """Labelled items whose leave-one-out neighbour vote picks another label with share >= ``min_confidence``.
 
     Sorted by that share (highest first), then by how little their own label got. ``limit`` keeps the first ones.
+    Items with a label in ``exclude_labels`` (e.g. a clutter class) neither vote nor are audited.
     """
     check_k(k)
     check_confidence(min_confidence)
     if limit is not None and limit < 1:
         raise SimsearchError(f"limit must be at least 1, not {limit}")
-    values = field_values(index, field)
+    excluded = set(exclude_labels)
+    values = {i: v for i, v in field_values(index, field).items() if v not in excluded}
     ids, vectors = index.vectors(sorted(values))
     if len(ids) < 2:
         return []
