@@ -11,6 +11,7 @@ import sys
 import click
 
 from . import __version__
+from .config.classify import CLASSIFY
 
 log = logging.getLogger("simsearch")
 
@@ -528,6 +529,191 @@ def rebuild_cmd(index_path, index_factory, memory_budget, target_recall, quiet):
     recall = f", recall@10 {rec['recall_at_10']}" if rec.get("recall_at_10") is not None else ""
     params = f" ({', '.join(f'{k}={v}' for k, v in rec['params'].items())})" if rec.get("params") else ""
     return r, f"{r['path']}: {r['count']} items now in {r['index_factory']}{params}{recall}, {r['seconds']:.1f} s"
+
+
+# ------------------------------------------------------------------------------ classify, audit, evaluate --classify
+# Labels from neighbours (issue 16): one self-contained block (library: simsearch.classify, classify_eval, audit,
+# classify_report). -k is a plain int so that a bad value gets the library's one-line error.
+
+
+def _votes_text(votes) -> str:
+    return ", ".join(f"{v.label} {v.share:.2f}" for v in votes)
+
+
+@main.command("classify")
+@click.argument("index_path", metavar="INDEX", type=click.Path())
+@click.argument("images", nargs=-1, type=click.Path())
+@click.option("--id", "ids", multiple=True, type=int, help="An indexed item id to classify by the others; repeatable.")
+@click.option("-k", "k", default=CLASSIFY.k, show_default=True, type=int, help="Labelled neighbours that vote.")
+@click.option("--field", default=CLASSIFY.field, show_default=True, help="The attribute to vote on.")
+@click.option(
+    "--min-confidence",
+    default=CLASSIFY.min_confidence,
+    show_default=True,
+    type=float,
+    help="Below this share of the vote the answer is 'unknown'.",
+)
+@click.option("--top", default=CLASSIFY.top, show_default=True, type=int, help="Labels listed per query.")
+@_command
+def classify_cmd(index_path, images, ids, k, field, min_confidence, top, quiet):
+    """Suggest a label for IMAGES and/or --id items: similarity-weighted votes of their K nearest labelled items.
+
+    An indexed item (by id or path) is voted on by the others, never by its own label.
+    """
+    from .classify import classify
+    from .errors import SimsearchError
+    from .index import open_index
+
+    if not images and not ids:
+        raise SimsearchError("give an image to classify or --id ITEM")
+    with open_index(index_path) as idx:
+        results = classify(
+            idx, [*ids, *images], k=k, field=field, min_confidence=min_confidence, top=top
+        )  # fmt: skip
+    rows = [[r.query, r.label, f"{r.confidence:.2f}", _votes_text(r.votes)] for r in results]
+    data = {"index": index_path, "k": k, "field": field, "min_confidence": min_confidence,
+            "results": [r.to_dict() for r in results]}  # fmt: skip
+    return data, _table(rows, ["query", field, "confidence", "votes"])
+
+
+@main.command("audit")
+@click.argument("index_path", metavar="INDEX", type=click.Path())
+@click.option("-k", "k", default=CLASSIFY.k, show_default=True, type=int, help="Labelled neighbours that vote.")
+@click.option("--field", default=CLASSIFY.field, show_default=True, help="The attribute to check.")
+@click.option(
+    "--min-confidence",
+    default=CLASSIFY.audit_min_confidence,
+    show_default=True,
+    type=float,
+    help="Flag an item when another label gets at least this share of its neighbours' vote.",
+)
+@click.option("--exclude-label", multiple=True, help="Leave out items with this label (e.g. a clutter class).")
+@click.option("--limit", default=50, show_default=True, type=int, help="List at most this many suspects.")
+@click.option(
+    "--html", "html_out", type=click.Path(dir_okay=False), help="Also write suspects beside their neighbours."
+)
+@_command
+def audit_cmd(index_path, k, field, min_confidence, exclude_label, limit, html_out, quiet):
+    """Items whose label disagrees with a confident vote of their K nearest labelled neighbours (leave-one-out).
+
+    Likely mislabelled, ambiguous or unusual photos of their class; most confident first.
+    """
+    from .audit import audit
+    from .errors import SimsearchError
+    from .index import open_index
+
+    if limit < 1:
+        raise SimsearchError(f"--limit must be at least 1, not {limit}")
+    with open_index(index_path) as idx:
+        suspects = audit(idx, k, field=field, min_confidence=min_confidence, exclude_labels=exclude_label)
+        shown = suspects[:limit]
+        if html_out:
+            from .classify_report import write_audit_gallery
+
+            write_audit_gallery(html_out, idx, shown)
+            log.info("gallery written to %s", html_out)
+    rows = [[n, f"{s.confidence:.2f}", f"{s.own_share:.2f}", s.id, s.label, s.suggested, s.path]
+            for n, s in enumerate(shown, 1)]  # fmt: skip
+    head = f"{len(suspects)} suspects (neighbours vote for another {field} with share >= {min_confidence})"
+    if len(shown) < len(suspects):
+        head += f"; the first {len(shown)}:"
+    text = head + ("\n" + _table(rows, ["#", "vote", "own", "id", field, "suggested", "path"]) if rows else "")
+    data = {"index": index_path, "k": k, "field": field, "min_confidence": min_confidence, "total": len(suspects),
+            "suspects": [s.to_dict() for s in shown], **({"html": html_out} if html_out else {})}  # fmt: skip
+    return data, text
+
+
+def _add_classify_to_evaluate(command: click.Command) -> None:
+    """``evaluate --classify``: the classification options are added to the existing evaluate command, whose
+    own function still runs without --classify (so the retrieval evaluation is untouched)."""
+    retrieval = command.callback.__wrapped__  # the function under _command's wrapper
+    defaults = {
+        "k": CLASSIFY.k,
+        "field": CLASSIFY.field,
+        "queries": None,
+        "min_confidence": CLASSIFY.min_confidence,
+        "report": None,
+    }
+
+    @_command
+    def evaluate_either(*, classify, quiet, **kwargs):
+        from .errors import SimsearchError
+
+        mine = {key: kwargs.pop(key) for key in defaults}
+        if not classify:
+            used = [
+                ("-k" if key == "k" else f"--{key.replace('_', '-')}") for key, v in mine.items() if v != defaults[key]
+            ]
+            if used:
+                raise SimsearchError(f"{', '.join(used)}: only with --classify")
+            return retrieval(quiet=quiet, **kwargs)
+        return _evaluate_classify(**mine, **kwargs)
+
+    command.params.extend(
+        [
+            click.Option(["--classify"], is_flag=True, help="Evaluate label votes instead of retrieval."),
+            click.Option(["-k", "k"], default=CLASSIFY.k, show_default=True, type=int, help="With --classify: voters."),
+            click.Option(["--field"], default=CLASSIFY.field, show_default=True, help="With --classify: attribute."),
+            click.Option(
+                ["--queries"],
+                help="With --classify: FIELD=VALUE, e.g. split=test: those items are the queries and the other "
+                "labelled items vote (FIELD from the --labels CSV) [default: leave-one-out].",
+            ),
+            click.Option(
+                ["--min-confidence"],
+                default=CLASSIFY.min_confidence,
+                show_default=True,
+                type=float,
+                help="With --classify: report the coverage and accuracy of votes this sure.",
+            ),
+            click.Option(
+                ["--report"],
+                type=click.Path(file_okay=False),
+                help="With --classify: write confusion.csv, confusion.png, per_class.csv and report.html here.",
+            ),
+        ]
+    )
+    command.callback = evaluate_either
+    command.help = (command.help or "") + (
+        "\n\nWith --classify: accuracy, macro precision/recall/F1, per class and the confusion matrix of "
+        "similarity-weighted K-nearest-neighbour votes, leave-one-out or for --queries FIELD=VALUE."
+    )
+
+
+def _evaluate_classify(index_path, labels_csv, exclude_label, classes, k, field, queries, min_confidence, report):
+    from .classify_eval import evaluate_classification
+    from .index import open_index
+
+    with open_index(index_path) as idx:
+        ev = evaluate_classification(
+            idx, k=k, field=field, labels_csv=labels_csv, queries=queries, exclude_labels=exclude_label,
+            classes=classes, min_confidence=min_confidence,
+        )  # fmt: skip
+    data = ev.to_dict()
+    figures = [["accuracy", ev.accuracy], ["macro precision", ev.macro_precision], ["macro recall", ev.macro_recall],
+               ["macro F1", ev.macro_f1], [f"coverage (confidence >= {ev.min_confidence})", ev.coverage],
+               ["accuracy of those", ev.confident_accuracy]]  # fmt: skip
+    worst = [[c["class"], c["support"], c["precision"], c["recall"], c["f1"]]
+             for c in sorted(ev.per_class, key=lambda c: (c["f1"], c["class"]))[:10]]  # fmt: skip
+    lines = [
+        f"{ev.queries} queries in {len(ev.classes)} classes, {ev.protocol}, votes of {ev.k} neighbours",
+        _table(figures, ["metric", "value"]),
+        "\nworst classes:",
+        _table(worst, ["class", "queries", "precision", "recall", "F1"]),
+    ]
+    confusions = ev.top_confusions(10)
+    if confusions:
+        rows = [[c["true"], c["predicted"], c["count"]] for c in confusions]
+        lines += ["\nmost frequent confusions:", _table(rows, ["true", "predicted", "n"])]
+    if report:
+        from .classify_report import write_classification_report
+
+        data["report"] = write_classification_report(report, ev, index_path=str(index_path))
+        lines += [f"\nreport: {data['report']['html']} (confusion matrix: {data['report']['confusion_png']})"]
+    return data, "\n".join(lines)
+
+
+_add_classify_to_evaluate(evaluate_cmd)
 
 
 if __name__ == "__main__":  # pragma: no cover
