@@ -140,7 +140,10 @@ def check_confidence(min_confidence: float) -> None:
 
 
 def field_values(index: Index, field: str = CLASSIFY.field) -> dict[int, str]:
-    """``{id: value}`` of ``field`` for the items that have a value; the one place that reads labels.
+    """``{id: value}`` of ``field`` for the items that have a value (for whole-index work: evaluation, audit).
+
+    With :func:`hit_value` (one search result) the only places that read labels, so that attributes of the
+    catalogue replace folder-name labels here and nowhere else.
 
     Uses ``index.attribute_values(field)`` where the index has attributes (the catalogue), else ``labels()``
     (the folder names) for the field ``label``. Raises a one-line :class:`SimsearchError` for an unknown
@@ -229,34 +232,53 @@ def _resolve(index: Index, queries: Sequence) -> tuple[list[str], np.ndarray, li
     return names, matrix, item_ids, files
 
 
-def _labelled_neighbors(
-    index: Index, vectors: np.ndarray, values: dict[int, str], k: int, item_ids: list, files: list
-) -> list[list[tuple[int, float]]]:
-    """The ``k`` nearest labelled neighbours of each vector by the index's own search, without the query item.
+def hit_value(hit, field: str = CLASSIFY.field) -> str | None:
+    """The value of ``field`` of a search result: its label, or (with the catalogue) one of its attributes."""
+    value = hit.label if field == "label" else (getattr(hit, "attributes", None) or {}).get(field)
+    return None if value is None or str(value) == "" else str(value)
 
-    Searches again, fetching more, for rows where unlabelled items or the query itself took places.
+
+def _check_field(index: Index, field: str) -> None:
+    if field != "label" and getattr(index, "attribute_values", None) is None:
+        raise SimsearchError(f"unknown field {field!r}: items of {index.path} have only a 'label'")
+
+
+def _labelled_neighbors(
+    index: Index, vectors: np.ndarray, field: str, k: int, item_ids: list, files: list
+) -> list[list[tuple[int, float, str]]]:
+    """The ``k`` nearest neighbours with a value of ``field`` of each vector, by the index's own search, without
+    the query item: ``(id, score, value)``. Searches again, fetching more, for rows where unlabelled items or the
+    query itself took places (up to the search limit). Raises when no row found any labelled neighbour.
     """
     n_items = len(index)
-    out: list[list[tuple[int, float]]] = [[] for _ in range(len(vectors))]
+    limit = min(n_items, LIMITS.max_k)
+    out: list[list[tuple[int, float, str]]] = [[] for _ in range(len(vectors))]
     todo = list(range(len(vectors)))
-    fetch = min(n_items, k + 1, LIMITS.max_k)
+    fetch = min(k + 1, limit)
     while todo and fetch > 0:
         results = index.search_vectors(vectors[todo], k=fetch)
         short = []
         for row, hits in zip(todo, results, strict=True):
             kept = []
             for h in hits:
-                if h.id == item_ids[row] or h.id not in values:
+                value = hit_value(h, field)
+                if h.id == item_ids[row] or value is None:
                     continue
                 if files[row] is not None and h.score > 0.999 and Path(h.abspath).resolve() == Path(files[row]):
                     continue  # the query file is itself indexed: classify it by the others
-                kept.append((h.id, float(h.score)))
+                kept.append((h.id, float(h.score), value))
             out[row] = kept[:k]
             if len(kept) < k and len(hits) == fetch:
                 short.append(row)
-        if fetch >= min(n_items, LIMITS.max_k):
+        if fetch >= limit:
             break
-        todo, fetch = short, min(n_items, fetch * 4, LIMITS.max_k)
+        todo, fetch = short, min(fetch * 4, limit)
+    if vectors.shape[0] and not any(out):
+        where = f"in {index.path}" if limit == n_items else f"among the {limit} nearest items"
+        raise SimsearchError(
+            f"no item {where} has a {field!r} to vote with"
+            + (" (labels are the names of the folders the images are in)" if field == "label" else "")
+        )
     return out
 
 
@@ -284,16 +306,16 @@ def classify(
         queries = [queries]
     if not queries:
         raise SimsearchError("nothing to classify: give image paths, images or item ids")
-    values = field_values(index, field)
+    _check_field(index, field)
     names, vectors, item_ids, files = _resolve(index, list(queries))
-    neighbors = _labelled_neighbors(index, vectors, values, k, item_ids, files)
-    classes = sorted({values[i] for row in neighbors for i, _ in row})
+    neighbors = _labelled_neighbors(index, vectors, field, k, item_ids, files)
+    classes = sorted({v for row in neighbors for _, _, v in row})
     col = {c: n for n, c in enumerate(classes)}
     lab = np.full((len(neighbors), k), -1, np.int64)
     sc = np.zeros((len(neighbors), k))
     for r, row in enumerate(neighbors):
-        for j, (i, s) in enumerate(row):
-            lab[r, j], sc[r, j] = col[values[i]], s
+        for j, (_, s, v) in enumerate(row):
+            lab[r, j], sc[r, j] = col[v], s
     shares = vote_shares(lab, sc, len(classes), temperature=temperature)
     pred, conf = decide(shares, min_confidence)
     out = []
@@ -307,7 +329,7 @@ def classify(
                 label=classes[pred[r]] if pred[r] >= 0 else UNKNOWN,
                 confidence=round(float(conf[r]), 6),
                 votes=votes,
-                neighbors=tuple(Neighbor(i, round(s, 6), values[i]) for i, s in neighbors[r]),
+                neighbors=tuple(Neighbor(i, round(s, 6), v) for i, s, v in neighbors[r]),
                 item_id=item_ids[r],
             )
         )
