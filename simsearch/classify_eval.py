@@ -13,12 +13,14 @@ Two protocols over the labelled items of an index (exact search on the index's v
 from __future__ import annotations
 
 import csv
+import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .classify import check_confidence, check_k, decide, field_values, knn_shares
 from .config.classify import CLASSIFY
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from .index import Index
 
 
-def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """``(matrix, unknown)``: ``matrix[t, p]`` counts queries of class t predicted p; ``unknown[t]`` those of
     class t left unknown (prediction -1). Together they sum to the number of queries."""
     t = np.asarray(y_true, np.int64)
@@ -43,7 +45,7 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: in
     return matrix, unknown
 
 
-def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> dict:
+def classification_metrics(y_true: ArrayLike, y_pred: ArrayLike, n_classes: int) -> dict:
     """Accuracy, macro precision / recall / F1 and per-class arrays from class indices (-1: unknown).
 
     Macro averages run over the classes that occur as a truth or a prediction; an unknown counts as wrong.
@@ -95,9 +97,9 @@ class ClassEvaluation:
     min_confidence: float
     coverage: float  # share of queries whose vote reaches min_confidence
     confident_accuracy: float  # accuracy over those queries
-    confusion: np.ndarray = field(repr=False)
-    unknown_per_class: np.ndarray = field(repr=False)
-    per_class: tuple[dict, ...] = field(repr=False)
+    confusion: np.ndarray = dataclasses.field(repr=False)
+    unknown_per_class: np.ndarray = dataclasses.field(repr=False)
+    per_class: tuple[dict, ...] = dataclasses.field(repr=False)
     excluded_labels: tuple[str, ...] = ()
 
     def top_confusions(self, n: int = 10) -> list[dict]:

@@ -115,7 +115,7 @@ img.cm { max-width: 100%; height: auto; background: white; }
 """
 
 
-def _rows(rows: Sequence[Sequence], headers: Sequence[str]) -> str:
+def _rows(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in r) + "</tr>" for r in rows)
@@ -124,7 +124,7 @@ def _rows(rows: Sequence[Sequence], headers: Sequence[str]) -> str:
 
 def report_html(ev: ClassEvaluation, png: bytes, *, index_path: str = "") -> str:
     """The evaluation as one self-contained HTML page: figures, the confusion matrix picture, the classes."""
-    summary = [
+    summary: list[list[object]] = [
         ["protocol", ev.protocol], ["k", ev.k], ["field", ev.field], ["queries", ev.queries],
         ["classes", len(ev.classes)], ["accuracy", ev.accuracy], ["macro precision", ev.macro_precision],
         ["macro recall", ev.macro_recall], ["macro F1", ev.macro_f1],
