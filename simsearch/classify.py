@@ -1,7 +1,7 @@
 """Labels from neighbours: similarity-weighted votes of the k nearest labelled items.
 
 classify(index, ["new-product.jpg"])          # suggest a label for a new photo
-classify(index, [123, 456], k=20)             # an indexed item (by id) is voted on by the others, never itself
+classify(index, [123, "sku-42"], k=20)        # indexed items (by id, key or path) are voted on by the others
 classify(index, [pil_image], field="brand")   # any attribute, once the catalogue has them
 
 Each of the ``k`` nearest labelled neighbours votes for its label with the weight ``exp(similarity / T)``
@@ -52,7 +52,7 @@ class Neighbor:
 class Classification:
     """The vote for one query."""
 
-    query: str  # what was classified: "item 12", an image path, or "image 3" (bytes, PIL image or vector)
+    query: str  # what was classified: "item 12", a key or path as given, "image 3" (bytes, PIL), "vector 4"
     label: str  # the label with the largest share, or "unknown" below min_confidence
     confidence: float  # that label's share (0 when no labelled neighbour was found)
     votes: tuple[Vote, ...]  # the top labels, largest share first
@@ -139,87 +139,89 @@ def check_confidence(min_confidence: float) -> None:
 # ------------------------------------------------------------------------------ labels of an index
 
 
+def check_field(index: Index, field: str) -> None:
+    """A one-line :class:`SimsearchError` unless ``field`` is one of the index's attributes."""
+    known = getattr(index.manifest, "attributes", None) or {"label": "str"}  # older indexes: the folder label
+    if field not in known:
+        raise SimsearchError(f"unknown field {field!r}; the items of {index.path} have: {', '.join(sorted(known))}")
+
+
+def _no_values(index: Index, field: str, where: str | None = None) -> SimsearchError:
+    hint = " (labels are the names of the folders the images are in)" if field == "label" else ""
+    return SimsearchError(f"no item {where or f'in {index.path}'} has a {field!r} to vote with{hint}")
+
+
 def field_values(index: Index, field: str = CLASSIFY.field) -> dict[int, str]:
-    """``{id: value}`` of ``field`` for the items that have a value (for whole-index work: evaluation, audit).
+    """``{id: value}`` of ``field`` for the items that have one (for whole-index work: evaluation, audit).
 
-    With :func:`hit_value` (one search result) the only places that read labels, so that attributes of the
-    catalogue replace folder-name labels here and nowhere else.
-
-    Uses ``index.attribute_values(field)`` where the index has attributes (the catalogue), else ``labels()``
-    (the folder names) for the field ``label``. Raises a one-line :class:`SimsearchError` for an unknown
-    field and when no item has a value.
+    With :func:`hit_value` (one search result) the only places that read labels: the catalogue's attributes
+    (``index.attribute_values``; an index without them has folder-name ``labels()``). Raises a one-line
+    :class:`SimsearchError` for an unknown field and when no item has a value.
     """
+    check_field(index, field)
     getter = getattr(index, "attribute_values", None)
-    if getter is not None:
-        try:
-            values = getter(field)
-        except KeyError:
-            raise SimsearchError(f"unknown field {field!r} in {index.path}") from None
-    elif field == "label":
-        values = index.labels()
-    else:
-        raise SimsearchError(f"unknown field {field!r}: items of {index.path} have only a 'label'")
+    values = getter(field) if getter is not None else index.labels()
     out = {int(i): str(v) for i, v in values.items() if v is not None and str(v) != ""}
     if not out:
-        raise SimsearchError(
-            f"no item in {index.path} has a {field!r} to vote with"
-            + (" (labels are the names of the folders the images are in)" if field == "label" else "")
-        )
+        raise _no_values(index, field)
     return out
 
 
 _field_values = field_values  # the accessor's name in the plan
 
 
+def hit_value(hit, field: str = CLASSIFY.field) -> str | None:
+    """The value of ``field`` of a search result: its label, or one of its attributes."""
+    value = hit.label if field == "label" else (getattr(hit, "attributes", None) or {}).get(field)
+    return None if value is None or str(value) == "" else str(value)
+
+
 # ------------------------------------------------------------------------------ classifying queries
 
 
-def _describe(q, n: int) -> str:
-    if isinstance(q, (str, Path)):
-        return str(q)
-    return f"image {n}"
+def _is_id(q) -> bool:
+    return isinstance(q, (int, np.integer)) and not isinstance(q, bool)
 
 
-def _resolve(index: Index, queries: Sequence) -> tuple[list[str], np.ndarray, list[int | None], list[str | None]]:
-    """Descriptions, unit vectors, item ids (of id queries) and resolved file paths (of path queries)."""
+def _resolve(index: Index, queries: Sequence) -> tuple[list[str], np.ndarray, list[int | None]]:
+    """Descriptions, unit vectors and the item ids of queries that name an indexed item.
+
+    An id, a key or the path of an indexed photo names an item (its stored vector is used); any other path,
+    bytes or PIL image is embedded; a vector is used as it is.
+    """
     dim = index.manifest.dim
-    ids = [int(q) for q in queries if isinstance(q, (int, np.integer)) and not isinstance(q, bool)]
-    known = {it.id: it for it in index.items(ids)} if ids else {}
     vecs: list[np.ndarray | None] = []
     item_ids: list[int | None] = []
-    files: list[str | None] = []
     names: list[str] = []
     to_embed: list[tuple[int, object]] = []
     for n, q in enumerate(queries):
-        item_id, file = None, None
+        item_id = None
         if isinstance(q, bool):
             raise SimsearchError(f"not a query: {q!r}")
-        if isinstance(q, (int, np.integer)):
-            if int(q) not in known:
-                raise SimsearchError(f"no item with id {int(q)} in {index.path}")
-            item_id = int(q)
-            names.append(f"item {item_id}")
-            vecs.append(None)
-        elif isinstance(q, np.ndarray):
+        if isinstance(q, np.ndarray):
             v = np.asarray(q, np.float32)
             if v.shape != (dim,) or not np.isfinite(v).all() or not np.any(v):
                 raise SimsearchError(f"a query vector must be finite, non-zero and of shape ({dim},)")
-            names.append(_describe(q, n))
+            names.append(f"vector {n}")
             vecs.append(v / np.linalg.norm(v))
-        else:
-            if isinstance(q, (str, Path)):
-                p = Path(q).expanduser()
-                if not p.is_file():
-                    raise SimsearchError(f"query image not found: {q}")
-                file = str(p.resolve())
-                q = p
-            names.append(_describe(q, n))
+        elif _is_id(q) or isinstance(q, (str, Path)):
+            item_id = index.resolve_item(int(q) if _is_id(q) else q)
+            if item_id is None and _is_id(q):
+                raise SimsearchError(f"no item with id {int(q)} in {index.path}")
+            if item_id is None and not Path(q).expanduser().is_file():
+                raise SimsearchError(f"{q} is neither an item key of {index.path} nor an image file")
+            names.append(f"item {item_id}" if _is_id(q) else str(q))
+            vecs.append(None)
+            if item_id is None:
+                to_embed.append((n, Path(q).expanduser()))
+        else:  # bytes or a PIL image
+            names.append(f"image {n}")
             vecs.append(None)
             to_embed.append((n, q))
         item_ids.append(item_id)
-        files.append(file)
-    if ids:
-        got_ids, got = index.vectors(sorted(known))
+    wanted = sorted({i for i in item_ids if i is not None})
+    if wanted:
+        got_ids, got = index.vectors(wanted)
         by_id = dict(zip(got_ids.tolist(), got, strict=True))
         for n, i in enumerate(item_ids):
             if i is not None:
@@ -229,22 +231,11 @@ def _resolve(index: Index, queries: Sequence) -> tuple[list[str], np.ndarray, li
         for (n, _), v in zip(to_embed, embedded, strict=True):
             vecs[n] = v
     matrix = np.vstack([np.asarray(v, np.float32) for v in vecs]) if vecs else np.zeros((0, dim), np.float32)
-    return names, matrix, item_ids, files
-
-
-def hit_value(hit, field: str = CLASSIFY.field) -> str | None:
-    """The value of ``field`` of a search result: its label, or (with the catalogue) one of its attributes."""
-    value = hit.label if field == "label" else (getattr(hit, "attributes", None) or {}).get(field)
-    return None if value is None or str(value) == "" else str(value)
-
-
-def _check_field(index: Index, field: str) -> None:
-    if field != "label" and getattr(index, "attribute_values", None) is None:
-        raise SimsearchError(f"unknown field {field!r}: items of {index.path} have only a 'label'")
+    return names, matrix, item_ids
 
 
 def _labelled_neighbors(
-    index: Index, vectors: np.ndarray, field: str, k: int, item_ids: list, files: list
+    index: Index, vectors: np.ndarray, field: str, k: int, item_ids: list[int | None]
 ) -> list[list[tuple[int, float, str]]]:
     """The ``k`` nearest neighbours with a value of ``field`` of each vector, by the index's own search, without
     the query item: ``(id, score, value)``. Searches again, fetching more, for rows where unlabelled items or the
@@ -259,14 +250,8 @@ def _labelled_neighbors(
         results = index.search_vectors(vectors[todo], k=fetch)
         short = []
         for row, hits in zip(todo, results, strict=True):
-            kept = []
-            for h in hits:
-                value = hit_value(h, field)
-                if h.id == item_ids[row] or value is None:
-                    continue
-                if files[row] is not None and h.score > 0.999 and Path(h.abspath).resolve() == Path(files[row]):
-                    continue  # the query file is itself indexed: classify it by the others
-                kept.append((h.id, float(h.score), value))
+            kept = [(h.id, float(h.score), v) for h in hits
+                    if h.id != item_ids[row] and (v := hit_value(h, field)) is not None]  # fmt: skip
             out[row] = kept[:k]
             if len(kept) < k and len(hits) == fetch:
                 short.append(row)
@@ -274,11 +259,7 @@ def _labelled_neighbors(
             break
         todo, fetch = short, min(fetch * 4, limit)
     if vectors.shape[0] and not any(out):
-        where = f"in {index.path}" if limit == n_items else f"among the {limit} nearest items"
-        raise SimsearchError(
-            f"no item {where} has a {field!r} to vote with"
-            + (" (labels are the names of the folders the images are in)" if field == "label" else "")
-        )
+        raise _no_values(index, field, None if limit == n_items else f"among the {limit} nearest items")
     return out
 
 
@@ -294,8 +275,8 @@ def classify(
 ) -> list[Classification]:
     """Suggest a label for each query by a similarity-weighted vote of its ``k`` nearest labelled items.
 
-    ``queries`` is a list (or one) of: image paths, image bytes, PIL images, unit vectors, or item ids. An
-    indexed item, given by id or by its file's path, is voted on by the others only. Returns one
+    ``queries`` is a list (or one) of: item ids, item keys, image paths, image bytes, PIL images or vectors.
+    An indexed item (by id, key or the path of its photo) is voted on by the others, never by itself. Returns one
     :class:`Classification` per query, in order.
     """
     check_k(k)
@@ -306,9 +287,9 @@ def classify(
         queries = [queries]
     if not queries:
         raise SimsearchError("nothing to classify: give image paths, images or item ids")
-    _check_field(index, field)
-    names, vectors, item_ids, files = _resolve(index, list(queries))
-    neighbors = _labelled_neighbors(index, vectors, field, k, item_ids, files)
+    check_field(index, field)
+    names, vectors, item_ids = _resolve(index, list(queries))
+    neighbors = _labelled_neighbors(index, vectors, field, k, item_ids)
     classes = sorted({v for row in neighbors for _, _, v in row})
     col = {c: n for n, c in enumerate(classes)}
     lab = np.full((len(neighbors), k), -1, np.int64)

@@ -13,7 +13,6 @@ memory stays bounded by ``batch_size × k`` rows whatever the size of the index;
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -77,10 +76,7 @@ def select_neighbors(
 
 
 def _paths(index: Index, ids: np.ndarray) -> dict[int, str]:
-    rows = index._db.execute(
-        "SELECT id, path FROM items WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(ids.tolist()),)
-    )
-    return {int(i): text(p) for i, p in rows}
+    return {it.id: text(it.path) for it in index.items(ids.tolist())}
 
 
 def compute_neighbors(

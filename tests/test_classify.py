@@ -123,6 +123,9 @@ def test_classify_item_is_voted_on_by_the_others(hand_index):
     (p,) = classify(hand_index, [str(hand_index.manifest.roots[0] + "/a/a1.png")], k=3, temperature=1.0)
     assert [n.id for n in p.neighbors] == [n.id for n in r.neighbors]
     assert p.confidence == pytest.approx(r.confidence, abs=1e-5)
+    # and by its key (in a folder index: the photo's relative path)
+    (q,) = classify(hand_index, ["a/a1.png"], k=3, temperature=1.0)
+    assert q.item_id == ids["a/a1.png"] and [n.id for n in q.neighbors] == [n.id for n in r.neighbors]
 
 
 def test_classify_bytes_vector_and_batch(hand_index, tmp_path):
@@ -133,7 +136,7 @@ def test_classify_bytes_vector_and_batch(hand_index, tmp_path):
     vec = np.zeros(hand_index.manifest.dim, np.float32)
     vec[1] = 1.0  # pure green: nearest a2 (yellow, cos 0.707), then b2 (pale cyan, cos 0.696)
     out = classify(hand_index, [buf.getvalue(), vec], k=1)
-    assert [r.label for r in out] == ["c", "a"] and [r.query for r in out] == ["image 0", "image 1"]
+    assert [r.label for r in out] == ["c", "a"] and [r.query for r in out] == ["image 0", "vector 1"]
     assert out[1].neighbors[0].id == ids_by_path(hand_index)["a/a2.png"]
 
 
@@ -149,7 +152,7 @@ def test_field_values_and_bad_input(hand_index, make_color_index):
         classify(hand_index, [0], min_confidence=1.5)
     with pytest.raises(SimsearchError, match="no item with id 999"):
         classify(hand_index, [999])
-    with pytest.raises(SimsearchError, match="not found"):
+    with pytest.raises(SimsearchError, match="neither an item key"):
         classify(hand_index, ["/no/such.jpg"])
     with pytest.raises(SimsearchError, match="nothing to classify"):
         classify(hand_index, [])
@@ -239,8 +242,8 @@ def test_cli_classify_audit_evaluate(colors_with_a_mistake, tmp_path):
     data = json.loads(run("classify", path, "--id", ids["green/g4.png"], "--id", ids["blue/b1.png"], "-k", 3,
                           "--json").stdout)  # fmt: skip
     assert [r["label"] for r in data["results"]] == ["red", "blue"]
-    text = run("classify", path, "--id", ids["green/g4.png"], "-k", 3).stdout
-    assert "red" in text and "confidence" in text
+    text = run("classify", path, "--key", "green/g4.png", "-k", 3).stdout
+    assert "green/g4.png  red" in text and "confidence" in text
     data = json.loads(run("audit", path, "-k", 3, "--json", "--html", tmp_path / "a.html").stdout)
     assert data["total"] == 1 and data["suspects"][0]["path"] == "green/g4.png" and (tmp_path / "a.html").exists()
     data = json.loads(run("evaluate", path, "--classify", "-k", 3, "--report", tmp_path / "rep", "--json").stdout)
