@@ -260,3 +260,24 @@ def test_cli_classify_audit_evaluate(colors_with_a_mistake, tmp_path):
     ]:
         r = run(*args, ok=False)
         assert r.exit_code == 1 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_any_attribute_can_be_voted_on(color_index):
+    import simsearch
+    from simsearch.compact import compact_index
+
+    for rel in COLORS:  # reds are warm, blues cool, greens have no shade
+        if not rel.startswith("green/"):
+            color_index.patch(rel, {"shade": "warm" if rel.startswith("red/") else "cool"})
+    compact_index(color_index.path)
+    with simsearch.open_index(color_index.path) as idx:
+        idx.embedder_options = color_index.embedder_options
+        (r,) = classify(idx, [Image.new("RGB", (8, 8), (0, 250, 10))], k=2, field="shade")  # green: no shade
+        assert r.votes[0].label in {"warm", "cool"} and all(n.label in {"warm", "cool"} for n in r.neighbors)
+        (r,) = classify(idx, ["red/r1.png"], k=2, field="shade")
+        assert r.label == "warm" and r.confidence == 1.0
+        assert audit(idx, k=2, field="shade") == []
+        ev = evaluate_classification(idx, k=2, field="shade")
+        assert ev.classes == ("cool", "warm") and ev.queries == 6 and ev.accuracy == 1.0
+        with pytest.raises(SimsearchError, match="unknown field 'size'; the items of .* have: label, shade"):
+            classify(idx, ["red/r1.png"], field="size")
