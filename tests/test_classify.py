@@ -279,5 +279,5 @@ def test_any_attribute_can_be_voted_on(color_index):
         assert audit(idx, k=2, field="shade") == []
         ev = evaluate_classification(idx, k=2, field="shade")
         assert ev.classes == ("cool", "warm") and ev.queries == 6 and ev.accuracy == 1.0
-        with pytest.raises(SimsearchError, match="unknown field 'size'; the items of .* have: label, shade"):
+        with pytest.raises(SimsearchError, match=r"unknown field 'size'; the items of .* have: label, shade"):
             classify(idx, ["red/r1.png"], field="size")
