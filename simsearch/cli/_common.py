@@ -64,11 +64,21 @@ def table(rows: list[list], headers: list[str]) -> str:
 
 
 def hits_text(hits) -> str:
+    """Results as a table: key and attribute columns appear when the items have them (catalogue indexes)."""
     if not hits:
         return "no results"
-    return table(
-        [[h.rank, f"{h.score:.4f}", h.id, h.label, h.path] for h in hits], ["rank", "score", "id", "label", "path"]
-    )
+    with_key = any(h.key != h.path for h in hits)
+    with_attrs = any(set(h.attributes) - {"label"} for h in hits)
+    headers = ["rank", "score", "id", "label", "path"] + ["key"] * with_key + ["attributes"] * with_attrs
+    rows = [
+        [h.rank, f"{h.score:.4f}", h.id, h.label, h.path] + [h.key] * with_key + [_attrs(h.attributes)] * with_attrs
+        for h in hits
+    ]
+    return table(rows, headers)
+
+
+def _attrs(attributes: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in attributes.items() if k != "label")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

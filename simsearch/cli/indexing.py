@@ -14,8 +14,19 @@ from ._common import command, main
 
 
 @main.command("index")
-@click.argument("folders", nargs=-1, required=True, type=click.Path())
-@click.option("--out", "-o", type=click.Path(), help="Index directory [default: indexes/<folder name>].")
+@click.argument("folders", nargs=-1, type=click.Path())
+@click.option(
+    "--catalog",
+    type=click.Path(dir_okay=False),
+    help="Index the items of a catalogue (.csv, .parquet, .jsonl: key, image(s), attributes) instead of FOLDERS.",
+)
+@click.option("--root", type=click.Path(file_okay=False), help="Folder the catalogue's image paths are relative to.")
+@click.option(
+    "--item-pooling",
+    type=click.Choice(["max", "mean"]),
+    help="How an item with several photos is scored: its best photo, or their normalised mean [default: max].",
+)
+@click.option("--out", "-o", type=click.Path(), help="Index directory [default: indexes/<folder or catalogue name>].")
 @click.option(
     "--backbone", "-b", help="Backbone name or checkpoint path [default: efficientnet_lite0, or the index's]."
 )
@@ -70,10 +81,13 @@ from ._common import command, main
 @click.option("--commit-every", default=2048, type=click.IntRange(1), hidden=True, help="Save progress every N images.")
 @command
 def index_cmd(
-    folders, out, backbone, arch, index_factory, memory_budget, target_recall, prune, engine, precision, draft,
+    folders, catalog, root, item_pooling, out, backbone, arch, index_factory, memory_budget, target_recall, prune, engine, precision, draft,
     batch_size, workers, max_pixels, follow_symlinks, strict, address, commit_every, quiet,
 ):  # fmt: skip
-    """Embed every image under FOLDERS (recursively) into an index; re-runs add only new or changed files."""
+    """Embed every image under FOLDERS (recursively), or every item of --catalog, into an index.
+
+    Re-runs embed only new or changed photos and apply attribute-only changes without embedding.
+    """
 
     bb = create_backbone(backbone, arch=arch) if backbone else None
     scale = {"memory_budget": memory_budget, "target_recall": target_recall}
@@ -83,7 +97,7 @@ def index_cmd(
         )
         engine = None
     r = build_index(
-        list(folders), out, backbone=bb, index_factory=index_factory, prune=prune, batch_size=batch_size,
+        list(folders) or None, out, catalog=catalog, root=root, item_pooling=item_pooling, backbone=bb, index_factory=index_factory, prune=prune, batch_size=batch_size,
         workers=workers, max_pixels=max_pixels, follow_symlinks=follow_symlinks, progress=not quiet,
         strict=strict, commit_every=commit_every, engine=engine, precision=precision, draft=draft, **scale,
     )  # fmt: skip
