@@ -45,7 +45,8 @@ def check_attributes(attrs: dict, schema: dict[str, str], *, partial: bool = Fal
     schema with any new attributes. ``partial`` (a patch) allows None, meaning "remove this attribute"."""
     if not isinstance(attrs, dict):
         raise AttributeValueError("attributes must be a JSON object")
-    out, schema = {}, dict(schema)
+    out: dict = {}
+    schema = dict(schema)
     for name, value in attrs.items():
         check_text(name, "an attribute name")
         if name in RESERVED:

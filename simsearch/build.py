@@ -14,6 +14,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import autoindex
 from ._version import __version__
@@ -115,7 +116,7 @@ def run_build(
     cat_path = Path(catalog).expanduser().resolve() if catalog is not None else None
     if cat_path is not None and not cat_path.is_file():
         raise SimsearchError(f"catalogue not found: {cat_path}")
-    path = Path(out).expanduser() if out is not None else default_index_path(folders or [cat_path])
+    path = Path(out).expanduser() if out is not None else default_index_path(folders or [cat_path or Path(".")])
     report = UpdateReport(path=str(path))
     with writer_lock(path):
         existing = read_manifest(path) if (path / MANIFEST).exists() else None
@@ -155,9 +156,9 @@ def run_build(
         except (OSError, sqlite3.Error) as e:  # e.g. disk full while writing the next version's temp files
             reason = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
             saved = writer.m.items if writer is not None else manifest.items
+            where = f" ({e.filename})" if isinstance(e, OSError) and e.filename else ""
             raise SimsearchError(
-                f"indexing stopped: {reason}{f' ({e.filename})' if getattr(e, 'filename', None) else ''}; "
-                f"{path} is intact at its last saved version ({saved} items)"
+                f"indexing stopped: {reason}{where}; {path} is intact at its last saved version ({saved} items)"
             ) from None
         except KeyboardInterrupt:
             if writer is not None:  # save what is done, so the next run goes on from here
@@ -236,7 +237,9 @@ def _reopen(path, existing: Manifest, bb, index_factory, item_pooling, memory_bu
         check_backbone(existing, bb, where=str(path))
     extra = dict(existing.extra)
     if "index_auto" in extra and (memory_budget is not None or target_recall is not None):
-        extra["index_auto"] = autoindex.update_config(dict(extra["index_auto"]), memory_budget, target_recall)
+        cfg = dict(extra["index_auto"])
+        autoindex.update_config(cfg, memory_budget, target_recall)  # in place
+        extra["index_auto"] = cfg
     if index_factory == "auto" and "index_auto" in extra:
         index_factory = None  # the index is already automatic
     if index_factory and new_faiss_index(existing.dim, index_factory)[1] != existing.index_factory:
@@ -271,7 +274,7 @@ class _EmbedderState:
 
     bb: Backbone | None
     embedder: Embedder | None
-    engine: object
+    engine: Any
     precision: str | None
     draft: bool | None
     batch_size: int | None

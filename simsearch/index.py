@@ -230,7 +230,7 @@ class Index:
 
     def ids_matching(self, *, label=None, path_prefix: str | None = None) -> np.ndarray:
         """Ids of items with one of the given labels and/or a photo whose path starts with ``path_prefix``."""
-        from_filter = {}
+        from_filter: dict = {}
         if label is not None:
             from_filter["label"] = list(label) if isinstance(label, (list, tuple)) else [label]
         if path_prefix:
@@ -258,18 +258,18 @@ class Index:
 
     def vectors(self, ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of items (default: all, sorted by id); one vector per item as :meth:`vector`."""
-        ids = self.ids() if ids is None else np.asarray(ids, dtype=np.int64)
-        if len(ids) == 0:
-            return ids, np.zeros((0, self.manifest.dim), np.float32)
+        wanted = self.ids() if ids is None else np.asarray(ids, dtype=np.int64)
+        if len(wanted) == 0:
+            return wanted, np.zeros((0, self.manifest.dim), np.float32)
         if self._snapshot.single_photo:
-            photo_ids = self._snapshot.photos_of(ids)
+            photo_ids = self._snapshot.photos_of(wanted)
             items = self._snapshot.items_of(photo_ids)
             order = np.argsort(items)
-            pos = np.searchsorted(items[order], ids)
+            pos = np.searchsorted(items[order], wanted)
             vecs = np.asarray(self.faiss.reconstruct_batch(photo_ids[order][pos]), dtype=np.float32)
-            return ids, vecs
-        per_item = self._snapshot.item_vectors(ids)
-        return ids, np.vstack([_mean(per_item[int(i)]) for i in ids])
+            return wanted, vecs
+        per_item = self._snapshot.item_vectors(wanted)
+        return wanted, np.vstack([_mean(per_item[int(i)]) for i in wanted])
 
     # -- searching (see simsearch.search)
     def search(self, query, k: int = 10, **kwargs) -> list[Hit]:
@@ -319,17 +319,22 @@ class Index:
         return self.write([self.prepare_put(key, images, attributes, vectors=vectors)])[0]
 
     def prepare_put(self, key: str, images: Sequence = (), attributes: dict | None = None, *, vectors=None) -> NewOp:
-        """The journal entry of :meth:`put` (embedding done, nothing written yet): for batches of writes."""
+        """The journal entry of :meth:`put` (embedding done, nothing written yet): for batches of writes.
+
+        With ``vectors`` (one row per image, embedded the index's way elsewhere) the images are recorded, not
+        embedded."""
         check_text(key, "an item key")
         attrs, _ = check_attributes(attributes or {}, self._schema())
         images = list(images)
+        if not images:
+            raise SimsearchError(f"item {key!r}: give at least one photo")
         if vectors is None:
-            if not images:
-                raise SimsearchError(f"item {key!r}: give at least one photo")
             vecs = self.embed(images)
         else:
             vecs = np.vstack([check_vector(v, self.manifest.dim) for v in np.atleast_2d(np.asarray(vectors))])
-        photos = tuple(self._keep_photo(img) for img in images) or tuple(f"vector:{key}:{i}" for i in range(len(vecs)))
+            if len(vecs) != len(images):
+                raise SimsearchError(f"item {key!r}: {len(images)} photos but {len(vecs)} vectors")
+        photos = tuple(self._keep_photo(img) for img in images)
         return NewOp("put", key, self._exists(key), attrs, vecs, photos)
 
     def patch(self, key: str, attributes: dict) -> int:

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,8 @@ def rebuild_index(
         m = read_manifest(path)
         index, meta = load_generation(path, m)
         meta.close()
-        prev = m.extra.get("index_auto") if isinstance(m.extra.get("index_auto"), dict) else {}
+        found = m.extra.get("index_auto")
+        prev: dict[str, Any] = found if isinstance(found, dict) else {}
         if not autoindex.is_exact_storage(index):
             log.warning(
                 "%s stores compressed vectors: retraining on their reconstructions (re-index the images into a new "
@@ -46,7 +48,7 @@ def rebuild_index(
         ids, xb = autoindex.all_vectors(index)
         factory = (index_factory or autoindex.AUTO).strip()
         auto = factory.lower() == autoindex.AUTO
-        cfg = {
+        cfg: dict[str, Any] = {
             "requested": autoindex.AUTO if auto else factory,
             "memory_budget": autoindex.parse_size(memory_budget)
             if memory_budget is not None

@@ -14,6 +14,7 @@ top k of the matching items: a FAISS id selector for selective filters, a bounde
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -293,8 +294,9 @@ def _live_ranked(live: LiveState, queries: np.ndarray, filter, skip: set[int]) -
         ok &= compile_filter(attr_filter, live.schema).mask(table)
     allowed = set(ids[ok].tolist()) - skip
     best: dict[int, tuple[float, int]] = {}
-    photo_ids = np.concatenate([it.photo_ids for it in live.items.values()])
-    for item, score, photo in zip(live.owners.tolist(), scores.tolist(), photo_ids.tolist(), strict=True):
+    photo_ids = np.concatenate([it.photo_ids for it in live.items.values()])  # the matrix's row order
+    owners = live.owners if live.owners is not None else np.zeros(0, np.int64)
+    for item, score, photo in zip(owners.tolist(), scores.tolist(), photo_ids.tolist(), strict=True):
         if item in allowed and (item not in best or score > best[item][0]):
             best[item] = (score, photo)
     return sorted(((i, s, p) for i, (s, p) in best.items()), key=lambda r: -r[1])
@@ -323,7 +325,8 @@ def _ranked(
             return _subset_ranked(snap, queries, want, allowed_photos)
         else:
             sel = faiss.IDSelectorBatch(len(allowed_photos), faiss.swig_ptr(allowed_photos))
-            params = faiss.SearchParameters(sel=sel)
+            params = faiss.SearchParameters()
+            params.sel = sel
             fetch = want * per_item
     while True:
         fetch = min(fetch, n)
@@ -331,7 +334,7 @@ def _ranked(
             snap.faiss.search(queries, fetch) if params is None else snap.faiss.search(queries, fetch, params=params)
         )
         ranked = _first_per_item(snap, scores, pids, allowed_photos if post_filter else None, skip)
-        exhausted = fetch >= n or (params is not None and fetch >= len(allowed_photos))
+        exhausted = fetch >= n or (allowed_photos is not None and params is not None and fetch >= len(allowed_photos))
         if len(ranked) >= want or exhausted:
             return ranked[:want]
         fetch *= 2
@@ -341,7 +344,7 @@ def _is_flat(index) -> bool:
     import faiss
 
     inner = faiss.downcast_index(index)
-    inner = faiss.downcast_index(inner.index) if hasattr(inner, "id_map") else inner
+    inner = faiss.downcast_index(getattr(inner, "index", inner))
     return isinstance(inner, faiss.IndexFlat)
 
 
@@ -400,8 +403,8 @@ def _apply_rules(snap: Snapshot, live: LiveState, ranked: list, rules: Rules, k:
             if kept_vecs and float(np.max(np.vstack(kept_vecs) @ v)) >= float(rules.collapse_duplicates):
                 continue
             kept_vecs.append(v)
-        for v in values:
-            counts[v] = counts.get(v, 0) + 1
+        for value in values:
+            counts[value] = counts.get(value, 0) + 1
         kept.append((item, score, photo))
         if len(kept) >= k:
             break
@@ -432,7 +435,7 @@ def _hits(snap: Snapshot, live: LiveState, ranked: list, fields: tuple[str, ...]
             it = stored[item_id]
             p = next((p for p in it.photos if p.id == photo_id), it.photos[0] if it.photos else None)
             key, attributes = it.key, it.attributes
-            path, abspath = (p.path, str(p.abspath)) if p else ("", "")
+            path, abspath = (p.path, os.path.join(p.root, p.path)) if p else ("", "")
         else:
             continue
         label = attributes.get("label")

@@ -10,6 +10,7 @@ import numpy as np
 from .errors import IndexFormatError
 from .store import Manifest, faiss_message, read_manifest, safe_relpath
 from .store.delta import LIVE_ID_BASE
+from .store.generation import idmap_ids
 from .store.metadata import py_path, ro_uri
 
 
@@ -62,10 +63,11 @@ def _check_metadata(db: sqlite3.Connection, m: Manifest, photos: str, name: str)
     (check,) = db.execute("PRAGMA integrity_check").fetchone()
     if check != "ok":
         problems.append(f"{name}: {check}")
+    group = "root, path" if photos == "items" else "item, root, path"  # one photo may serve several items
     (dups,) = db.execute(
-        f"SELECT COUNT(*) FROM (SELECT 1 FROM {photos} GROUP BY root, path HAVING COUNT(*) > 1)"
+        f"SELECT COUNT(*) FROM (SELECT 1 FROM {photos} GROUP BY {group} HAVING COUNT(*) > 1)"
     ).fetchone()
-    if dups and m.source.get("kind", "folder") == "folder":
+    if dups:
         problems.append(f"{dups} paths appear more than once in the metadata")
     (rootless,) = db.execute(f"SELECT COUNT(*) FROM {photos} WHERE root < 0 OR root >= ?", (len(m.roots),)).fetchone()
     if rootless:
@@ -92,7 +94,6 @@ def _check_metadata(db: sqlite3.Connection, m: Manifest, photos: str, name: str)
 
 
 def _check_vectors(index, m: Manifest, db_ids: np.ndarray) -> list[str]:
-    import faiss
 
     problems = []
     if index.d != m.dim:
@@ -100,7 +101,7 @@ def _check_vectors(index, m: Manifest, db_ids: np.ndarray) -> list[str]:
     if not (index.ntotal == len(db_ids) == m.count):
         problems.append(f"counts differ: {index.ntotal} vectors, {len(db_ids)} metadata rows, manifest {m.count}")
     try:
-        faiss_ids = faiss.vector_to_array(faiss.downcast_index(index).id_map).astype(np.int64)
+        faiss_ids = idmap_ids(index)
     except AttributeError:
         return [*problems, "FAISS index is not an IndexIDMap2"]
     if len(np.unique(faiss_ids)) != len(faiss_ids):

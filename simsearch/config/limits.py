@@ -16,7 +16,9 @@ class Limits:
     serve_max_batch: int = 1_000  # vectors in one /search/batch
     serve_max_work: int = 100_000  # vectors x k in one request
     serve_max_ids: int = 10_000  # ids or keys in one request (positive, negative, exclude)
-    serve_max_values: int = 10_000  # values in one filter list
+    serve_max_values: int = 10_000  # values in one filter list, and in all the lists of one filter together
+    max_filter_nodes: int = 1_000  # conditions and and/or/not operators in one filter
+    max_filter_depth: int = 32  # nesting of parentheses, not, $and/$or/$not in one filter
     max_dim: int = 65_536
 
 

@@ -53,6 +53,13 @@ def faiss_message(e: Exception) -> str:
     return lines[-1][:200] if lines else type(e).__name__
 
 
+def idmap_ids(index) -> np.ndarray:
+    """The external ids of an ``IndexIDMap2``, in its internal order."""
+    import faiss
+
+    return faiss.vector_to_array(getattr(faiss.downcast_index(index), "id_map")).astype(np.int64)  # noqa: B009
+
+
 def new_faiss_index(dim: int, factory: str = DEFAULT_FACTORY):
     """An inner-product FAISS index from a factory string, always wrapped in ``IndexIDMap2``."""
     import faiss
@@ -214,7 +221,7 @@ class GenerationWriter:
             "INSERT INTO photos(id, item, root, path, size, mtime_ns, phash) VALUES (?,?,?,?,?,?,?)", rows
         )
 
-    def remove_photos(self, ids: Sequence[int]) -> None:
+    def remove_photos(self, ids: Sequence[int] | np.ndarray) -> None:
         if not len(ids):
             return
         import faiss
@@ -232,7 +239,7 @@ class GenerationWriter:
             self._rebuild_without(set(arr.tolist()))
         self.db.execute("DELETE FROM photos WHERE id IN (SELECT value FROM json_each(?))", (_ids(ids),))
 
-    def remove_items(self, item_ids: Sequence[int]) -> None:
+    def remove_items(self, item_ids: Sequence[int] | np.ndarray) -> None:
         """Remove items with all their photos."""
         if not len(item_ids):
             return
@@ -242,9 +249,8 @@ class GenerationWriter:
 
     def _rebuild_without(self, drop: set[int]) -> None:
         """For index types that cannot remove: re-create and re-add the remaining vectors."""
-        import faiss
 
-        ids = faiss.vector_to_array(faiss.downcast_index(self.faiss).id_map).astype(np.int64)
+        ids = idmap_ids(self.faiss)
         keep = np.array([i for i in ids if int(i) not in drop], dtype=np.int64)
         vecs = np.asarray(self.faiss.reconstruct_batch(keep), dtype=np.float32) if len(keep) else None
         self.faiss, _ = new_faiss_index(self.m.dim, self.m.index_factory)
@@ -290,10 +296,9 @@ class GenerationWriter:
 
     def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of everything added so far (for retraining at the end of a run)."""
-        import faiss
 
         self.flush_training(final=True)
-        ids = faiss.vector_to_array(faiss.downcast_index(self.faiss).id_map).astype(np.int64)
+        ids = idmap_ids(self.faiss)
         return ids, np.asarray(self.faiss.reconstruct_batch(ids), dtype=np.float32)
 
     def commit(self) -> bool:

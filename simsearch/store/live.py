@@ -115,6 +115,9 @@ class LiveView:
 
 def _state(snapshot, seq, items, hidden, deleted, schema) -> LiveState:
     live = list(items.values())
+    matrix: np.ndarray | None
+    owners: np.ndarray | None
+    table: tuple[np.ndarray, AttributeTable] | None
     if live:
         matrix = np.vstack([it.vectors for it in live]).astype(np.float32)
         owners = np.concatenate([np.full(len(it.vectors), it.id, np.int64) for it in live])

@@ -92,7 +92,7 @@ class Manifest:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             typ = _TYPES[f.name]
-            if not isinstance(v, typ) or (typ is int and (isinstance(v, bool) or v < 0)):
+            if not isinstance(v, typ) or (isinstance(v, int) and (isinstance(v, bool) or v < 0)):
                 what = "a non-negative integer" if typ is int else f"a JSON {typ.__name__}"
                 raise IndexFormatError(f"{where}: field {f.name!r} must be {what}, not {str(v)[:60]!r}")
         if not all(isinstance(r, str) and os.path.isabs(r) for r in self.roots):

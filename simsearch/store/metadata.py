@@ -171,10 +171,10 @@ class Metadata:
         else:
             wanted = [int(i) for i in ids]
             arg = id_list(wanted)
-            rows = self.db.execute(
+            found = self.db.execute(
                 "SELECT id, key, attrs FROM items WHERE id IN (SELECT value FROM json_each(?))", (arg,)
             )
-            by_id = {r[0]: r for r in rows}
+            by_id = {r[0]: r for r in found}
             rows = [by_id[i] for i in wanted if i in by_id]
             photos = self.db.execute(
                 "SELECT item, id, root, path, size, mtime_ns, phash FROM photos "
@@ -254,6 +254,15 @@ class Metadata:
     def skipped(self) -> list[tuple[str, str]]:
         rows = self.db.execute("SELECT root, path, reason FROM skipped ORDER BY root, path")
         return [(str(Path(self.roots[r]) / py_path(p)), reason) for r, p, reason in rows]
+
+    def photo_rows(self, photo_ids: Iterable[int]) -> list[tuple[int, str, str]]:
+        """``(photo id, path, item key)`` of the given photos."""
+        rows = self.db.execute(
+            "SELECT p.id, p.path, i.key FROM photos p JOIN items i ON i.id = p.item "
+            "WHERE p.id IN (SELECT value FROM json_each(?))",
+            (id_list(photo_ids),),
+        )
+        return [(pid, py_path(path), key) for pid, path, key in rows]
 
     def photo_pages(self, batch_size: int = 50_000) -> Iterator[list[tuple]]:
         """Pages of ``(photo id, root, path, size, mtime_ns, label, key, attrs json)`` in photo id order."""
