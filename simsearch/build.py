@@ -20,6 +20,8 @@ from . import autoindex
 from ._version import __version__
 from .backbones import DEFAULT_BACKBONE, Backbone, create_backbone
 from .config import LIMITS
+from .config.autoindex import INDEX_AUTO_KEY, AutoIndexRecord, AutoIndexSpec
+from .config.embedding import EmbeddingSettings
 from .embed import Embedder, embedder_for_index, recorded_settings
 from .errors import IndexFormatError, SimsearchError
 from .sources import catalog_source, folder_source, merged_schema
@@ -78,7 +80,8 @@ def build_index(roots=None, out: str | Path | None = None, **kwargs) -> UpdateRe
     ``backbone``, ``index_factory`` (``auto`` or a FAISS factory string), ``item_pooling`` (max|mean), ``prune``,
     ``engine`` (a registered engine name or a callable) / ``precision`` / ``draft`` / ``batch_size`` /
     ``workers`` (recorded in the manifest; an existing index keeps its own), ``max_pixels``, ``follow_symlinks``,
-    ``commit_every``, ``progress``, ``embedder``, ``strict``, ``memory_budget``, ``target_recall``.
+    ``commit_every``, ``progress``, ``embedder``, ``strict``, ``memory_budget``, ``target_recall``,
+    ``engine_options`` (for the engine's factory, e.g. ``{"address": "auto"}`` with ``engine="ray"``).
     """
     report, _ = run_build(roots, out, **kwargs)
     return report
@@ -107,6 +110,7 @@ def run_build(
     strict: bool = False,
     memory_budget: int | str | None = None,
     target_recall: float | None = None,
+    engine_options: dict | None = None,
 ) -> tuple[UpdateReport, Backbone | None]:
     """:func:`build_index`, also returning the backbone it loaded (None if none was), for reuse by the caller."""
     if commit_every < 1:
@@ -138,7 +142,9 @@ def run_build(
             source = folder_source(folders, manifest.roots, follow_symlinks=follow_symlinks)
         schema = merged_schema(manifest.attributes if existing else {}, source.schema, str(path))
         manifest = dataclasses.replace(manifest, roots=source.roots, attributes=schema, source=source.record)
-        state = _EmbedderState(bb, embedder, engine, precision, draft, batch_size, workers, max_pixels, path)
+        state = _EmbedderState(
+            bb, embedder, engine, precision, draft, batch_size, workers, max_pixels, path, engine_options
+        )
         writer = None
         try:
             writer = GenerationWriter(path, manifest, faiss_index, existing, remove_ids=autoindex.remove_ids)
@@ -169,7 +175,7 @@ def run_build(
             if writer is not None:
                 writer.close()
         report.count, report.photos = writer.m.items, writer.m.count
-        report.embedding = state.settings
+        report.embedding = state.settings.to_dict() if state.settings else None
     report.seconds = round(time.perf_counter() - t0, 3)
     if strict and report.skipped:
         first_path, first_reason = report.skipped[0]
@@ -204,7 +210,8 @@ def _new_manifest(bb: Backbone, index_factory, item_pooling, memory_budget, targ
     stamp = now()
     extra = dict(bb.extra)
     if auto:
-        extra["index_auto"] = autoindex.auto_config(memory_budget, target_recall)
+        spec = AutoIndexSpec.from_options(memory_budget, target_recall)
+        extra[INDEX_AUTO_KEY] = AutoIndexRecord.new(spec).to_dict()
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         backbone=bb.name,
@@ -236,10 +243,9 @@ def _reopen(path, existing: Manifest, bb, index_factory, item_pooling, memory_bu
     if bb is not None:
         check_backbone(existing, bb, where=str(path))
     extra = dict(existing.extra)
-    if "index_auto" in extra and (memory_budget is not None or target_recall is not None):
-        cfg = dict(extra["index_auto"])
-        autoindex.update_config(cfg, memory_budget, target_recall)  # in place
-        extra["index_auto"] = cfg
+    record = AutoIndexRecord.from_extra(extra, str(path / MANIFEST))
+    if record is not None and (memory_budget is not None or target_recall is not None):
+        extra[INDEX_AUTO_KEY] = record.with_settings(memory_budget, target_recall).to_dict()
     if index_factory == "auto" and "index_auto" in extra:
         index_factory = None  # the index is already automatic
     if index_factory and new_faiss_index(existing.dim, index_factory)[1] != existing.index_factory:
@@ -259,12 +265,15 @@ def _finish(writer: GenerationWriter) -> None:
     """Final commit; an ``auto`` index chooses again for its final size first."""
     writer.flush_training(final=True)
     if writer.dirty:
-        changed = autoindex.finalize(
-            writer.faiss, writer.m.index_factory, writer.m.dim, writer.m.extra.get("index_auto")
-        )
+        record = AutoIndexRecord.from_extra(writer.m.extra, str(writer.path / MANIFEST))
+        changed = autoindex.finalize(writer.faiss, record)
         if changed is not None:
-            new_index, factory, record = changed
-            writer.replace_index(new_index, factory, {**writer.m.extra, "index_auto": record})
+            new_index, record = changed
+            extra = {**writer.m.extra, INDEX_AUTO_KEY: record.to_dict()}
+            if new_index is not None:
+                writer.replace_index(new_index, str(record.choice), extra)
+            else:
+                writer.update_manifest(extra=extra)  # still exact search: the record only
     writer.commit()
 
 
@@ -281,7 +290,8 @@ class _EmbedderState:
     workers: int | None
     max_pixels: int | None
     path: Path
-    settings: dict | None = None
+    engine_options: dict | None = None
+    settings: EmbeddingSettings | None = None
 
     def get(self, writer: GenerationWriter) -> Embedder:
         m = writer.m
@@ -292,8 +302,9 @@ class _EmbedderState:
             self.embedder, self.settings = embedder_for_index(
                 self.bb, m.extra, m.count, engine=self.engine, precision=self.precision, draft=self.draft,
                 where=str(self.path), batch_size=self.batch_size, workers=self.workers, max_pixels=self.max_pixels,
+                engine_options=self.engine_options,
             )  # fmt: skip
         else:
             self.settings = recorded_settings(m.extra, m.count) or self.embedder.settings()
-        writer.update_manifest(extra={**m.extra, "embedding": self.settings})  # queries embed the same way
+        writer.update_manifest(extra={**m.extra, "embedding": self.settings.to_dict()})  # queries embed the same way
         return self.embedder

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 from . import autoindex
+from .attributes import value_type
 from .errors import IndexFormatError
 from .store import MANIFEST, GenerationWriter, load_generation, read_manifest, writer_lock
 from .store.delta import DeltaJournal, Op
-from .store.live import attribute_type
 from .store.metadata import db_path
 
 log = logging.getLogger("simsearch")
@@ -62,7 +62,7 @@ def _fold(writer: GenerationWriter, op: Op, roots: list[str], schema: dict) -> N
         return
     for name, value in (op.attributes or {}).items():
         if value is not None:
-            schema.setdefault(name, attribute_type(value))
+            schema.setdefault(name, value_type(value) or "str")
     if op.kind == "patch":
         if found is not None:
             current = writer.meta.item(found).attributes

@@ -54,20 +54,25 @@ class Index:
         backbone: Backbone | None = None,
         embedder_options: dict | None = None,
         report: UpdateReport | None = None,
+        *,
+        follow: bool = False,
     ):
         self._snapshot = snapshot
         self._journal = DeltaJournal(snapshot.path, snapshot.manifest.dim)
         self._live = LiveView(snapshot, self._journal)
         self._refresh_lock = threading.Lock()
         self._checked = time.monotonic()
+        self.follow = follow
         self.report = report  # the build run that produced this index, when opened by simsearch.build_index
         self._backbone = backbone
         self._embedder: Embedder | None = None
         self.embedder_options: dict = dict(embedder_options or {})
 
     @classmethod
-    def open(cls, path: str | Path, *, backbone: Backbone | str | None = None, mmap: bool = False) -> Index:
-        idx = cls(Snapshot.open(path, mmap=mmap))
+    def open(
+        cls, path: str | Path, *, backbone: Backbone | str | None = None, mmap: bool = False, follow: bool = False
+    ) -> Index:
+        idx = cls(Snapshot.open(path, mmap=mmap), follow=follow)
         if backbone is not None:
             idx.set_backbone(backbone)
         return idx
@@ -283,13 +288,21 @@ class Index:
 
     # -- live writes (see simsearch.store.delta)
     def live_state(self) -> LiveState:
-        """The live writes searches see now; switches to a newer generation when one was published."""
-        if time.monotonic() - self._checked >= REFRESH_SECONDS:
+        """The generation and the live writes searches see now.
+
+        Live writes (from any process) are always seen. An index opened with ``follow=True`` also switches to a
+        newer generation published by a batch run (checked every 0.2 s); otherwise it keeps serving the one it
+        opened, except after a compaction of live writes it has not read yet (then it must reload to see them).
+        """
+        if self.follow and time.monotonic() - self._checked >= REFRESH_SECONDS:
             self._checked = time.monotonic()
             gen = published_generation(self.path)
             if gen is not None and gen != self.manifest.generation:
                 self.reload()
-        return self._live.refresh()
+        state, stale = self._live.refresh()
+        if stale and self.reload():
+            state, _ = self._live.refresh()
+        return state
 
     def reload(self) -> bool:
         """Serve the index's newest published generation (searches in flight finish on the old one)."""
@@ -364,7 +377,7 @@ class Index:
         returns, and visible to this process's searches at once (others' within a second)."""
         with self._refresh_lock:
             done = self._journal.append(list(ops), after=self.manifest.delta_seq)
-        self._live.refresh()
+        self.live_state()
         return [int(op.item) if op.item is not None else -1 for op in done]
 
     def pending_writes(self) -> int:
@@ -411,6 +424,10 @@ def _mean(vecs: np.ndarray) -> np.ndarray:
     return vecs[0] if len(vecs) == 1 else l2_normalize(vecs.mean(axis=0))
 
 
-def open_index(path: str | Path, *, backbone: Backbone | str | None = None, mmap: bool = False) -> Index:
-    """Open a saved index for searching. The backbone is loaded lazily (only to embed new images)."""
-    return Index.open(path, backbone=backbone, mmap=mmap)
+def open_index(
+    path: str | Path, *, backbone: Backbone | str | None = None, mmap: bool = False, follow: bool = False
+) -> Index:
+    """Open a saved index for searching. The backbone is loaded lazily (only to embed new images).
+
+    Live writes are always seen; ``follow`` also switches to newer generations written by ``index`` runs."""
+    return Index.open(path, backbone=backbone, mmap=mmap, follow=follow)

@@ -6,8 +6,10 @@ import click
 
 from ..autoindex import describe
 from ..backbones import DEFAULT_BACKBONE, create_backbone, list_backbones
-from ..distributed import ray_embedder
+from ..config.autoindex import AutoIndexRecord
+from ..config.embedding import PRECISIONS
 from ..embed import recorded_settings
+from ..engines import list_engines
 from ..index import build_index, open_index, verify_index
 from ..rebuild import rebuild_index
 from ._common import command, main
@@ -48,12 +50,12 @@ from ._common import command, main
 @click.option("--prune", is_flag=True, help="Remove entries whose files no longer exist.")
 @click.option(
     "--engine",
-    type=click.Choice(["auto", "openvino", "torch", "ray"]),
+    type=click.Choice(["auto", *list_engines()]),
     help="Inference engine [default: auto: OpenVINO where installed, else torch; an existing index keeps its own].",
 )
 @click.option(
     "--precision",
-    type=click.Choice(["auto", "fp32", "bf16"]),
+    type=click.Choice(PRECISIONS),
     help="Inference precision [default: auto: bf16 where the CPU has it natively, else fp32].",
 )
 @click.option(
@@ -91,15 +93,11 @@ def index_cmd(
 
     bb = create_backbone(backbone, arch=arch) if backbone else None
     scale = {"memory_budget": memory_budget, "target_recall": target_recall}
-    if engine == "ray":  # decoding and embedding as a Ray Data pipeline (simsearch[ray]); the index is built here
-        scale["embedder"] = ray_embedder(
-            list(folders), out, backbone=bb, address=address, batch_size=batch_size, max_pixels=max_pixels
-        )
-        engine = None
     r = build_index(
         list(folders) or None, out, catalog=catalog, root=root, item_pooling=item_pooling, backbone=bb, index_factory=index_factory, prune=prune, batch_size=batch_size,
         workers=workers, max_pixels=max_pixels, follow_symlinks=follow_symlinks, progress=not quiet,
-        strict=strict, commit_every=commit_every, engine=engine, precision=precision, draft=draft, **scale,
+        strict=strict, commit_every=commit_every, engine=engine, precision=precision, draft=draft,
+        engine_options={"address": address} if address else None, **scale,
     )  # fmt: skip
     used = getattr(r, "embedding", None)
     how = f", {used['engine']} {used['precision']}" if used else ""
@@ -129,9 +127,10 @@ def info_cmd(index_path, quiet):
     text += f"\n{'preprocessing':>18}: " + ", ".join(f"{k}={v}" for k, v in pre.items())
     emb = recorded_settings(info.get("extra"), info["count"])
     if emb:
-        decoding = "reduced-size JPEG decoding" if emb["draft"] else "full decoding"
-        text += f"\n{'embedding':>18}: {emb['engine']} {emb['precision']}, {decoding}"
-    auto = describe(idx.manifest)
+        decoding = "reduced-size JPEG decoding" if emb.draft else "full decoding"
+        text += f"\n{'embedding':>18}: {emb.engine} {emb.precision}, {decoding}"
+    m = idx.manifest
+    auto = describe(AutoIndexRecord.from_extra(m.extra, str(idx.path)), m.count, m.index_factory)
     info.update({k: v for k, v in auto.items() if k != "lines"})
     text += "".join(f"\n{k:>18}: {v}" for k, v in auto["lines"])
     return info, text

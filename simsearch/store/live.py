@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..attributes import value_type
 from ..filters import AttributeTable
 from .delta import DeltaJournal, Op
 from .reader import Snapshot
@@ -59,12 +60,16 @@ class LiveView:
     def state(self) -> LiveState:
         return self._state
 
-    def refresh(self) -> LiveState:
+    def refresh(self) -> tuple[LiveState, bool]:
+        """Apply new journal rows; also says whether this snapshot is stale: a compaction folded rows this view
+        never read into a newer generation (then only a reload shows them)."""
         with self._lock:
-            ops = self.journal.read(self._state.seq)
-            if ops:
+            seq = self._state.seq
+            ops = self.journal.read(seq)
+            stale = (ops[0].seq != seq + 1) if ops else self.journal.last_seq() > seq
+            if ops and not stale:
                 self._state = self._apply(self._state, ops)
-            return self._state
+            return self._state, stale
 
     def _apply(self, state: LiveState, ops: list[Op]) -> LiveState:
         items = dict(state.items)
@@ -91,7 +96,7 @@ class LiveView:
                 items[op.key] = LiveItem(current.id, op.key, attrs, current.vectors, current.photo_ids, current.photos)
             for name, value in (op.attributes or {}).items() if op.kind != "delete" else ():
                 if value is not None and name not in schema:
-                    schema[name] = attribute_type(value)
+                    schema[name] = value_type(value) or "str"
             if base is not None:
                 hidden.add(base)
         return _state(self.snapshot, ops[-1].seq, items, hidden, deleted, schema)
@@ -127,16 +132,3 @@ def _state(snapshot, seq, items, hidden, deleted, schema) -> LiveState:
         matrix = owners = None
         table = None
     return LiveState(snapshot, seq, items, frozenset(hidden), frozenset(deleted), schema, matrix, owners, table)
-
-
-def attribute_type(value) -> str:
-    """The attribute type of a JSON value (see :data:`simsearch.store.ATTRIBUTE_TYPES`)."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, list):
-        return "tags"
-    return "str"
