@@ -4,8 +4,10 @@ The CLI and the server read their defaults from these (``dataclasses.replace`` t
 validates values with them. One module per area, each owned by the layer that uses it:
 
 - :mod:`simsearch.config.limits`: hard limits (k, pixels, request sizes) shared by the library and the service.
+- :mod:`simsearch.config.serve`: the HTTP service's settings (:class:`ServeSpec`) and request batching.
 """
 
 from .limits import LIMITS, Limits
+from .serve import SERVE, BatchSpec, ServeSpec
 
-__all__ = ["LIMITS", "Limits"]
+__all__ = ["LIMITS", "SERVE", "BatchSpec", "Limits", "ServeSpec"]
