@@ -67,15 +67,21 @@ def create_app(
     spec = replace(spec or ServeSpec(), **settings)
     state = ServiceState(index_path, spec, backbone=backbone)
 
+    running = [0]  # lifespans in progress: test clients may run several at once; the last one closes the state
+
     @asynccontextmanager
     async def lifespan(app):
-        if spec.preload:
-            state.preload()
-        state.start_watching()
+        running[0] += 1
+        if running[0] == 1:
+            if spec.preload:
+                state.preload()
+            state.start_watching()
         try:
             yield
         finally:
-            state.close()
+            running[0] -= 1
+            if running[0] == 0:
+                state.close()
 
     app = FastAPI(
         title="simsearch",
