@@ -34,17 +34,41 @@ def error_bytes(status: int, detail: str, code: str | None = None) -> bytes:
     return json.dumps(error_body(status, detail, code)).encode()
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "constrained-str", "constrained-int"}
+
+
+def _loc(e: dict) -> str:
+    """A field's path, without pydantic's union branch tags (``function-after[...]``, ``list[...]``, ``str``)."""
+    parts = [str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path", "form")]
+    return ".".join(x for x in parts if "[" not in x and x not in _TYPE_TAGS)
+
+
 def describe_validation(errors) -> str:
-    """Pydantic's errors in one line: ``field: reason; ...`` (JSON syntax errors with their position)."""
+    """Pydantic's errors in one line: ``field: reason; ...`` (JSON syntax errors with their position).
+
+    Where a value matched none of a union's branches, the branch whose check failed on the value itself (a list
+    too long, say) is reported rather than the branches of another type.
+    """
+    errors = list(errors)
+    by_field: dict[str, list[dict]] = {}
+    for e in errors:
+        by_field.setdefault(_loc(e), []).append(e)
+    chosen = []
+    for group in by_field.values():
+        specific = [e for e in group if not str(e.get("type", "")).endswith("_type")]
+        chosen.extend(specific or group[:1])
     parts = []
-    for e in errors[:5]:
-        loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path", "form"))
+    for e in chosen[:5]:
         if e.get("type") == "json_invalid":
             reason = str((e.get("ctx") or {}).get("error") or e.get("msg", "")).removeprefix("Invalid JSON: ")
+            if "hex escape" in reason or "surrogate" in reason:
+                reason += " (a lone surrogate such as \\ud800 is not text)"
             parts.append(f"the body is not valid JSON: {reason}")
-        else:
-            parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
-    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+            continue
+        msg = str(e.get("msg", "")).removeprefix("Value error, ")
+        loc = _loc(e)
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    more = f" (and {len(chosen) - 5} more)" if len(chosen) > 5 else ""
     return "; ".join(parts) + more
 
 
