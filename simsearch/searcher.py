@@ -62,7 +62,7 @@ def unit_vectors(vectors, dim: int, what: str = "vector") -> np.ndarray:
     if arr.ndim != 2 or arr.shape[1] != dim:
         got = arr.shape[-1] if arr.ndim == 2 else "a different number of"
         raise SimsearchError(f"{what} has {got} values; this index's vectors have {dim}")
-    finite = np.isfinite(arr).all(axis=1)
+    finite = np.asarray(np.isfinite(arr).all(axis=1))
     peak = np.where(finite[:, None], np.abs(arr), 0.0).max(axis=1, initial=0.0)
     bad = np.flatnonzero(~finite | (peak == 0))
     if len(bad):

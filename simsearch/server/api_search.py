@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -100,7 +101,11 @@ async def search_route(request: Request, state: State):
         if not isinstance(upload, UploadFile):
             raise ApiError(400, "a multipart search needs the image in a file field named 'image'")
         data = await upload.read()
-        fields = {"k": form.get("k"), "label": form.getlist("label"), "path_prefix": form.get("path_prefix")}
+        fields: dict[str, Any] = {
+            "k": form.get("k"),
+            "label": form.getlist("label"),
+            "path_prefix": form.get("path_prefix"),
+        }
         return await _search_image(state, request, data, fields, t0)
     if ctype.startswith("image/") or ctype == "application/octet-stream":
         data = await request.body()

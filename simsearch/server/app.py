@@ -16,6 +16,7 @@ import logging
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
@@ -40,7 +41,7 @@ log = logging.getLogger("simsearch.server")
 # Declared so that /docs offers an "Authorize" button; the key itself is checked by the Guard middleware.
 _api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="Needed when the server has a key.")
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Bad input (the reason is in `detail`)"},
     401: {"model": ErrorResponse, "description": "Missing or wrong API key"},
     404: {"model": ErrorResponse, "description": "Unknown item"},
@@ -96,16 +97,15 @@ def create_app(
         redoc_url=None,
     )
     app.state.simsearch = state
-    secured = {"dependencies": [Security(_api_key_scheme)], "responses": _ERRORS}
     app.include_router(api_service.public)
     for module in (api_search, api_items, api_service):
-        app.include_router(module.router, **secured)
+        app.include_router(module.router, dependencies=[Security(_api_key_scheme)], responses=_ERRORS)
     app.mount("/static", StaticFiles(directory=api_service.STATIC_DIR), name="static")
     assets = api_service.swagger_assets()
     if assets is not None:
         app.mount(f"/{api_service.DOCS_ASSETS}", StaticFiles(directory=assets), name="docs-assets")
     _add_error_handlers(app, state)
-    app.openapi = _openapi(app)
+    app.openapi = _openapi(app)  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema
     app.add_middleware(Guard, api_key=api_key or None, max_body=spec.max_upload_bytes, allowed_hosts=spec.hosts())
     return app
 
