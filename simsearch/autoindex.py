@@ -31,6 +31,7 @@ import numpy as np
 
 from .errors import SimsearchError
 from .progress import progress_bar
+from .store import new_faiss_index
 
 log = logging.getLogger("simsearch")
 
@@ -432,9 +433,6 @@ def build(
     ``factory`` is ``"auto"`` (see :func:`choose`) or any FAISS factory string. Returns ``(index, factory, record)``;
     ``record`` is what goes into the manifest under ``extra["index_auto"]``.
     """
-
-    from .index import new_faiss_index
-
     n, dim = xb.shape
     t0 = time.perf_counter()
     plan = None
@@ -519,7 +517,7 @@ def update_config(cfg: dict, memory_budget=None, target_recall: float | None = N
         cfg["target_recall"] = new["target_recall"]
 
 
-def _all_vectors(index) -> tuple[np.ndarray, np.ndarray]:
+def all_vectors(index) -> tuple[np.ndarray, np.ndarray]:
     """(ids, vectors) of an IDMap2 index, in insertion order."""
     import faiss
 
@@ -531,31 +529,24 @@ def _all_vectors(index) -> tuple[np.ndarray, np.ndarray]:
     return ids, np.asarray(inner.reconstruct_n(0, inner.ntotal), dtype=np.float32)
 
 
-def finalize(writer) -> bool:
-    """At a final commit: for an ``auto`` index still held as exact Flat, choose again for the current size.
+def finalize(faiss_index, factory: str, dim: int, cfg: dict | None) -> tuple[object, str, dict] | None:
+    """At the end of a run: for an ``auto`` index still held as exact Flat, choose again for the current size.
 
-    Returns True when the writer's FAISS index was replaced (it then needs saving).
+    Returns ``(new index, its factory string, the record for the manifest)``, or None when nothing changes.
     """
-    cfg = writer.m.extra.get("index_auto")
     if not isinstance(cfg, dict) or cfg.get("requested") != AUTO:
-        return False
-    n = int(writer.faiss.ntotal)
+        return None
+    n = int(faiss_index.ntotal)
     flat_below = int(cfg.get("flat_below", FLAT_BELOW))
-    if _parts(writer.faiss).get("leaf") is None or not writer.m.index_factory.endswith(",Flat"):
-        return False  # already a trained, tuned index: adds go into it; `simsearch rebuild` retrains
-    plan = choose(n, writer.m.dim, cfg.get("memory_budget"), flat_below=flat_below)
+    if _parts(faiss_index).get("leaf") is None or not factory.endswith(",Flat"):
+        return None  # already a trained, tuned index: adds go into it; `simsearch rebuild` retrains
+    plan = choose(n, dim, cfg.get("memory_budget"), flat_below=flat_below)
     if plan.family == "flat":
-        if cfg.get("choice") != writer.m.index_factory or cfg.get("built_for") != n:
-            writer.m.extra["index_auto"] = {
-                **cfg,
-                "choice": writer.m.index_factory,
-                "reason": plan.reason,
-                "built_for": n,
-                "recall_at_10": 1.0,
-                "params": {},
-            }
-        return False
-    ids, xb = _all_vectors(writer.faiss)
+        if cfg.get("choice") == factory and cfg.get("built_for") == n:
+            return None
+        record = {**cfg, "choice": factory, "reason": plan.reason, "built_for": n, "recall_at_10": 1.0, "params": {}}
+        return faiss_index, factory, record
+    ids, xb = all_vectors(faiss_index)
     log.info("%d vectors: switching from exact search to %s (%s)", n, plan.factory, plan.reason)
     index, full, record = build(
         xb,
@@ -565,10 +556,7 @@ def finalize(writer) -> bool:
         target_recall=float(cfg.get("target_recall", DEFAULT_TARGET_RECALL)),
         flat_below=flat_below,
     )
-    writer.faiss = index
-    writer.m.index_factory = full
-    writer.m.extra["index_auto"] = {**cfg, **record, "requested": AUTO}
-    return True
+    return index, full, {**cfg, **record, "requested": AUTO}
 
 
 def rebuild_advice(m) -> str | None:
@@ -611,72 +599,3 @@ def describe(m) -> dict:
             lines.append(("trained on", f"{rec['trained_on']:,} vectors (index built for {rec.get('built_for', 0):,})"))
     lines.append(("rebuild advised", advice or "no"))
     return {"rebuild_advised": advice, "lines": lines}
-
-
-def rebuild_index(
-    path,
-    index_factory: str = AUTO,
-    *,
-    memory_budget=None,
-    target_recall: float | None = None,
-    progress: bool = False,
-) -> dict:
-    """Retrain the FAISS index of the saved index at ``path`` on all its vectors, re-tune it and save a new
-    generation (metadata unchanged). ``index_factory`` is ``"auto"`` or any factory string."""
-    import dataclasses
-    from pathlib import Path
-
-    from .errors import IndexFormatError
-    from .index import MANIFEST, _load_generation, _Writer, read_manifest, writer_lock
-
-    t0 = time.perf_counter()
-    path = Path(path).expanduser()
-    if not (path / MANIFEST).exists():
-        raise IndexFormatError(f"no index at {path}")
-    with writer_lock(path):
-        m = read_manifest(path)
-        index, db = _load_generation(path, m)
-        db.close()
-        prev = m.extra.get("index_auto") if isinstance(m.extra.get("index_auto"), dict) else {}
-        if not is_exact_storage(index):
-            log.warning(
-                "%s stores compressed vectors: retraining on their reconstructions (re-index the images into a new "
-                "--out for full accuracy)",
-                m.index_factory,
-            )
-        prepare(index)
-        ids, xb = _all_vectors(index)
-        factory = (index_factory or AUTO).strip()
-        auto = factory.lower() == AUTO
-        cfg = {
-            "requested": AUTO if auto else factory,
-            "memory_budget": parse_size(memory_budget) if memory_budget is not None else prev.get("memory_budget"),
-            "target_recall": float(target_recall or prev.get("target_recall") or DEFAULT_TARGET_RECALL),
-        }
-        if "flat_below" in prev:
-            cfg["flat_below"] = prev["flat_below"]
-        new_index, full, record = build(
-            np.ascontiguousarray(xb) if not auto else xb,
-            ids,
-            AUTO if auto else factory,
-            memory_budget=cfg["memory_budget"],
-            target_recall=cfg["target_recall"],
-            flat_below=int(cfg.get("flat_below", FLAT_BELOW)),
-            progress=progress,
-        )
-        del xb, index
-        record["requested"] = cfg["requested"]
-        new_m = dataclasses.replace(m, index_factory=full, extra={**m.extra, "index_auto": {**cfg, **record}})
-        writer = _Writer(path, new_m, new_index, path / m.metadata_file)
-        try:
-            writer.dirty = True
-            writer.commit()
-        finally:
-            writer.close()
-    return {
-        "path": str(path),
-        "count": int(new_index.ntotal),
-        "index_factory": full,
-        "record": record,
-        "seconds": round(time.perf_counter() - t0, 2),
-    }

@@ -252,7 +252,8 @@ def ray_embedder(
     when it exists, else ``backbone`` (default: the default backbone), with draft JPEG decoding like the local
     engine's default for a new index."""
     from .backbones import DEFAULT_BACKBONE, create_backbone
-    from .index import MANIFEST, check_backbone, default_index_path, read_manifest
+    from .build import check_backbone, default_index_path
+    from .store import MANIFEST, read_manifest
 
     _import_ray()  # fail early, before any model is loaded
     path = Path(out).expanduser() if out is not None else default_index_path(roots)

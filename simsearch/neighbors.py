@@ -1,7 +1,7 @@
 """Precomputed item-to-item neighbours for offline recommendation.
 
 ``compute_neighbors(index, "neighbors.parquet", k=50)`` writes one row per (item, neighbour) pair:
-``item_id, item_path, neighbor_id, neighbor_path, rank, score`` for every item of the index, using the index's
+``item_id, item_path, neighbor_id, neighbor_path, rank, score, item_key, neighbor_key`` for every item of the index, using the index's
 own search (exact for a flat index, ANN with its tuned parameters otherwise). Items are processed in batches, so
 memory stays bounded by ``batch_size × k`` rows whatever the size of the index; output is streamed to Parquet
 (or CSV when ``out`` ends in ``.csv``). ``limit`` stops after that many items (a sample, e.g. for timing).
@@ -13,7 +13,6 @@ memory stays bounded by ``batch_size × k`` rows whatever the size of the index;
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from .progress import progress_bar
 if TYPE_CHECKING:
     from .index import Index
 
-COLUMNS = ("item_id", "item_path", "neighbor_id", "neighbor_path", "rank", "score")
+COLUMNS = ("item_id", "item_path", "neighbor_id", "neighbor_path", "rank", "score", "item_key", "neighbor_key")
 
 
 def _schema():
@@ -42,6 +41,8 @@ def _schema():
             ("neighbor_path", pa.string()),
             ("rank", pa.int32()),
             ("score", pa.float32()),
+            ("item_key", pa.string()),
+            ("neighbor_key", pa.string()),
         ]
     )
 
@@ -76,11 +77,9 @@ def select_neighbors(
     return ids_k, scores_k, valid
 
 
-def _paths(index: Index, ids: np.ndarray) -> dict[int, str]:
-    rows = index._db.execute(
-        "SELECT id, path FROM items WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(ids.tolist()),)
-    )
-    return {int(i): text(p) for i, p in rows}
+def _paths(index: Index, ids: np.ndarray) -> dict[int, tuple[str, str]]:
+    """``{photo id: (path, item key)}``."""
+    return {pid: (text(path) or "", key) for pid, path, key in index.snapshot.meta.photo_rows(ids.tolist())}
 
 
 def compute_neighbors(
@@ -139,6 +138,7 @@ def compute_neighbors(
                 rows = rows[: limit - items]
             qids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
             qpaths = np.array([text(r[2]) for r in rows], dtype=object)
+            qkeys = np.array([r[6] for r in rows], dtype=object)
             if fetch == 0:
                 break
             ts = time.perf_counter()
@@ -152,7 +152,9 @@ def compute_neighbors(
             flat_ids = nid[row_idx, col_idx]
             uniq, inv = np.unique(flat_ids, return_inverse=True)
             lookup = _paths(index, uniq)
-            npaths = np.array([lookup.get(int(u)) for u in uniq], dtype=object)[inv] if len(uniq) else []
+            described = [lookup.get(int(u), (None, None)) for u in uniq]
+            npaths: np.ndarray | list = np.array([d[0] for d in described], dtype=object)[inv] if len(uniq) else []
+            nkeys: np.ndarray | list = np.array([d[1] for d in described], dtype=object)[inv] if len(uniq) else []
             ranks = np.cumsum(valid, axis=1)[row_idx, col_idx].astype(np.int32)
             batch = pa.RecordBatch.from_arrays(
                 [
@@ -162,6 +164,8 @@ def compute_neighbors(
                     pa.array(npaths, pa.string()),
                     pa.array(ranks),
                     pa.array(nscore[row_idx, col_idx].astype(np.float32)),
+                    pa.array(qkeys[row_idx], pa.string()),
+                    pa.array(nkeys, pa.string()),
                 ],
                 schema=schema,
             )

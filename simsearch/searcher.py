@@ -15,6 +15,9 @@ queries show that requests arrive together, the worker waits up to ``linger_s`` 
 
 Excluded ids are over-fetched and dropped per query (a few), or searched alone with a FAISS selector (many). The
 results are exactly those of ``search_vectors(index, vector[None], k, exclude=..., filter=...)``.
+
+How much a batch saves depends on :func:`~simsearch.search.search_vectors`: one index search for all its rows
+costs about what one row costs on an exact index; a search per row saves nothing but the hand-over.
 """
 
 from __future__ import annotations
@@ -28,68 +31,36 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .config.limits import LIMITS
 from .config.serve import BatchSpec
 from .errors import SimsearchError
-from .search import Hit, search_vectors
-
-if TYPE_CHECKING:
-    from .index import Index
+from .search import Hit, Searchable, search_vectors
 
 log = logging.getLogger("simsearch.searcher")
 
 
-def unit_vectors(vectors, dim: int, what: str = "vector") -> np.ndarray:
-    """Query vectors of any norm as float32 unit rows ``(n, dim)``; :class:`SimsearchError` names the first bad one.
-
-    Rows must have ``dim`` finite values, not all zero. Large finite values (up to float64's range) keep their
-    direction: rows are scaled by their largest magnitude before the norm is taken, so nothing overflows.
-    """
-    if isinstance(vectors, (list, tuple)) and vectors and isinstance(vectors[0], (list, tuple, np.ndarray)):
-        for i, row in enumerate(vectors):  # rows of other lengths, named before numpy refuses a ragged array
-            if len(row) != dim:
-                raise SimsearchError(f"{what} {i} has {len(row)} values; this index's vectors have {dim}")
-    try:
-        arr = np.asarray(vectors, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise SimsearchError(f"each {what} must be a list of {dim} numbers") from None
-    single = arr.ndim == 1
-    arr = np.atleast_2d(arr)
-    if arr.ndim != 2 or arr.shape[1] != dim:
-        got = arr.shape[-1] if arr.ndim == 2 else "a different number of"
-        raise SimsearchError(f"{what} has {got} values; this index's vectors have {dim}")
-    finite = np.asarray(np.isfinite(arr).all(axis=1))
-    peak = np.where(finite[:, None], np.abs(arr), 0.0).max(axis=1, initial=0.0)
-    bad = np.flatnonzero(~finite | (peak == 0))
-    if len(bad):
-        which = what if single else f"{what} {int(bad[0])}"
-        raise SimsearchError(f"{which} must be finite and non-zero")
-    scaled = arr / peak[:, None]
-    unit = scaled / np.linalg.norm(scaled, axis=1, keepdims=True)
-    return np.ascontiguousarray(unit, dtype=np.float32)
-
-
-def _filter_key(filter: dict | None) -> str | None:
+def _filter_key(filter: dict | str | None) -> str | None:
     """A key under which searches with equal filters share a batch (None: cannot be shared)."""
     if not filter:
         return ""
+    if isinstance(filter, str):
+        return "where:" + filter
     try:
-        return json.dumps(filter, sort_keys=True)
+        return "dict:" + json.dumps(filter, sort_keys=True)
     except (TypeError, ValueError):
         return None
 
 
 @dataclass
 class _Job:
-    index: Index
+    index: Searchable
     vector: np.ndarray
     k: int
     exclude: frozenset[int]
-    filter: dict | None
+    filter: dict | str | None
     future: Future
     alone: bool  # searched on its own (many exclusions, or a filter that cannot be compared)
     group: tuple = ()
@@ -114,7 +85,13 @@ class Searcher:
 
     # -- submitting
     def submit(
-        self, index: Index, vector: np.ndarray, k: int, *, exclude: Iterable[int] = (), filter: dict | None = None
+        self,
+        index: Searchable,
+        vector: np.ndarray,
+        k: int,
+        *,
+        exclude: Iterable[int] = (),
+        filter: dict | str | None = None,
     ) -> Future:
         """Queue a search of one unit ``vector`` (the index's dim); the future gives its ``list[Hit]``."""
         k = int(k)
@@ -131,19 +108,37 @@ class Searcher:
         return job.future
 
     def search(
-        self, index: Index, vector: np.ndarray, k: int, *, exclude: Iterable[int] = (), filter: dict | None = None
+        self,
+        index: Searchable,
+        vector: np.ndarray,
+        k: int,
+        *,
+        exclude: Iterable[int] = (),
+        filter: dict | str | None = None,
     ) -> list[Hit]:
         """Blocks until the worker has searched ``vector``."""
         return self.submit(index, vector, k, exclude=exclude, filter=filter).result()
 
     async def asearch(
-        self, index: Index, vector: np.ndarray, k: int, *, exclude: Iterable[int] = (), filter: dict | None = None
+        self,
+        index: Searchable,
+        vector: np.ndarray,
+        k: int,
+        *,
+        exclude: Iterable[int] = (),
+        filter: dict | str | None = None,
     ) -> list[Hit]:
         """:meth:`search` for an event loop: waits without holding a thread."""
         return await asyncio.wrap_future(self.submit(index, vector, k, exclude=exclude, filter=filter))
 
     def search_many(
-        self, index: Index, vectors: np.ndarray, k: int, *, exclude: Iterable[int] = (), filter: dict | None = None
+        self,
+        index: Searchable,
+        vectors: np.ndarray,
+        k: int,
+        *,
+        exclude: Iterable[int] = (),
+        filter: dict | str | None = None,
     ) -> list[list[Hit]]:
         """A batch the caller already has: searched at once in the calling thread (no queueing)."""
         return search_vectors(index, vectors, k=k, exclude=exclude, filter=filter)

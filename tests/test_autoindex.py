@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from fakevectors import VectorEmbedder, vector_for, write_files
 
 import simsearch
-from simsearch import autoindex
+import simsearch.store
+from simsearch import autoindex, rebuild
 from simsearch.backbones import l2_normalize
 from simsearch.cli import main
 from simsearch.errors import SimsearchError
@@ -120,7 +121,7 @@ def test_remove_ids_keeps_the_id_mapping(factory):
 
 
 def test_remove_ids_leaves_other_indexes_to_faiss():
-    index, _ = simsearch.index.new_faiss_index(8, "Flat")
+    index, _ = simsearch.store.new_faiss_index(8, "Flat")
     assert autoindex.remove_ids(index, np.array([1])) is False
 
 
@@ -236,7 +237,7 @@ def test_rebuild_with_an_explicit_factory(tmp_path, tiny_backbone):
     write_files(root, 2000)
     out = tmp_path / "idx"
     build_index([root], out, embedder=VectorEmbedder(tiny_backbone))
-    r = autoindex.rebuild_index(out, "IVF16,Flat", target_recall=0.9)
+    r = rebuild.rebuild_index(out, "IVF16,Flat", target_recall=0.9)
     assert r["index_factory"] == "IDMap2,IVF16,Flat" and r["record"]["recall_at_10"] >= 0.9
     with simsearch.open_index(out) as idx:
         assert idx.manifest.index_factory == "IDMap2,IVF16,Flat"

@@ -213,7 +213,7 @@ def test_knn_fallback_matches_range_search(color_index, monkeypatch):
         def __getattr__(self, name):
             return getattr(self.inner, name)
 
-    monkeypatch.setattr(color_index, "faiss", NoRange(color_index.faiss))
+    monkeypatch.setattr(color_index.snapshot, "faiss", NoRange(color_index.faiss))
     monkeypatch.setattr(dup, "_knn_above", _spy(dup._knn_above))
     got = [sorted(r[0].tolist()) for r in neighbours_above(color_index, vecs, 0.9)]
     assert got == expected and dup._knn_above.calls == 1

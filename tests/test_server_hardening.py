@@ -302,12 +302,6 @@ def test_12_an_items_vector_file_and_labels(client, idx):
     assert len(client.get("/labels", params={"limit": 2}).json()["labels"]) == 2
 
 
-def test_items_are_named_by_whole_numbers(client):
-    for ref in ("-1", "abc", "1.5", "%20", "1e3", "٣"):  # (an Arabic-Indic digit is not an id either)
-        _error(client.get(f"/items/{ref}"), 422)
-    _error(client.get(f"/items/{2**64}"), 422, "not an item id")
-
-
 # ------------------------------------------------------------------------------ 6 and 8: a real uvicorn
 
 

@@ -182,7 +182,7 @@ def read_labels(
         where = str(csv_path)
     elif folder is not None:
         from ..images import scan
-        from ..index import label_from_path
+        from ..store import label_from_path
 
         folder = Path(folder).expanduser()
         if not folder.is_dir():

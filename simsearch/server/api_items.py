@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from ..config.limits import LIMITS
 from ..duplicates import DEFAULT_THRESHOLD, duplicates_of
 from ..errors import ImageError, SimsearchError
-from ..searcher import unit_vectors
+from ..search import search
 from .api_search import answer
 from .deps import ItemRef, State, base_url, resolve_item
 from .errors import ApiError
@@ -53,12 +53,12 @@ async def similar_route(
     t0 = time.perf_counter()
     with state.index() as index:
         item_id = resolve_item(index, item)
-        try:
-            vector = unit_vectors(index.vector(item_id), index.manifest.dim, f"the vector of item {item_id}")[0]
-        except SimsearchError as e:
-            raise ApiError(400, str(e)) from None
         flt = filter_of(label, path_prefix)
-        hits = await state.searcher.asearch(index, vector, k, exclude=[item_id], filter=flt)
+        photos = index.item_vectors(item_id)
+        if photos is not None and len(photos) == 1:  # one query vector: it can share a batched search
+            hits = await state.searcher.asearch(index, photos[0], k, exclude=[item_id], filter=flt)
+        else:  # an item with several photos is searched by all of them (the library's item pooling)
+            hits = await run_in_threadpool(search, index, item_id, k, filter=flt)
     return answer(state, request, hits, k, t0)
 
 
@@ -67,7 +67,7 @@ def vector_route(item: ItemRef, state: State):
     with state.index() as index:
         item_id = resolve_item(index, item)
         vector = index.vector(item_id)
-    return {"id": item_id, "dim": int(vector.shape[0]), "vector": vector.tolist()}
+    return {"id": item_id, "dim": int(vector.shape[0]), "vector": [float(x) for x in vector]}
 
 
 @router.get(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -13,9 +14,8 @@ from starlette.datastructures import UploadFile
 
 from ..config.limits import LIMITS
 from ..errors import SimsearchError
-from ..search import recommend
-from ..searcher import unit_vectors
-from .deps import State, base_url, ms_since, read_json, require_items
+from ..search import check_vector, recommend
+from .deps import State, base_url, known_ids, ms_since, read_json, require_items
 from .errors import ApiError, describe_validation
 from .models import (
     BatchSearchRequest,
@@ -25,6 +25,7 @@ from .models import (
     SearchRequest,
     SearchResponse,
     filter_of,
+    filter_value,
 )
 from .serialise import hits_json
 from .state import ServiceState
@@ -40,11 +41,19 @@ def _json_body(model) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": _schema(model)}}}}
 
 
-def _vectors(index, vectors, what: str):
-    try:
-        return unit_vectors(vectors, index.manifest.dim, what)
-    except SimsearchError as e:
-        raise ApiError(400, str(e)) from None
+def unit_rows(index, rows: list[list[float]], single: bool = False) -> np.ndarray:
+    """The request's vectors as unit rows, by the library's check (any norm; finite, non-zero, the index's dim)."""
+    dim = index.manifest.dim
+    out = np.empty((len(rows), dim), np.float32)
+    for i, row in enumerate(rows):
+        what = "the vector" if single else f"vector {i}"
+        if len(row) != dim:
+            raise ApiError(400, f"{what} has {len(row)} values; this index's vectors have {dim}")
+        try:
+            out[i] = check_vector(row, dim)
+        except SimsearchError as e:
+            raise ApiError(400, f"{what}: {e}") from None
+    return out
 
 
 def answer(state: ServiceState, request: Request, hits, k: int, t0: float) -> JSONResponse:
@@ -115,9 +124,9 @@ async def search_route(request: Request, state: State):
     req = await read_json(request, SearchRequest)
     # in the event loop: parsing is quick and the search waits in the searcher, not in a thread
     with state.index() as index:
-        vector = _vectors(index, req.vector, "the vector")[0]
-        flt = req.filter.as_dict() if req.filter else None
-        hits = await state.searcher.asearch(index, vector, req.k, exclude=req.exclude, filter=flt)
+        vector = unit_rows(index, [req.vector], single=True)[0]
+        exclude = known_ids(index, req.exclude)
+        hits = await state.searcher.asearch(index, vector, req.k, exclude=exclude, filter=filter_value(req.filter))
     return answer(state, request, hits, req.k, t0)
 
 
@@ -149,9 +158,9 @@ async def search_batch(request: Request, state: State):
 
     def run():
         with state.index() as index:
-            vectors = _vectors(index, req.vectors, "vector")
-            flt = req.filter.as_dict() if req.filter else None
-            return state.searcher.search_many(index, vectors, req.k, exclude=req.exclude, filter=flt)
+            vectors = unit_rows(index, req.vectors)
+            exclude = known_ids(index, req.exclude)
+            return state.searcher.search_many(index, vectors, req.k, exclude=exclude, filter=filter_value(req.filter))
 
     rows = await run_in_threadpool(run)
     base, expose = base_url(request), state.spec.expose_paths
@@ -173,8 +182,8 @@ async def recommend_route(request: Request, state: State):
             ids = require_items(index, [*req.positive, *req.negative])
             positive, negative = ids[: len(req.positive)], ids[len(req.positive) :]
             return recommend(
-                index, positive=positive, negative=negative, exclude=req.exclude, k=req.k,
-                negative_weight=req.negative_weight, filter=req.filter.as_dict() if req.filter else None,
+                index, positive=positive, negative=negative, exclude=known_ids(index, req.exclude), k=req.k,
+                negative_weight=req.negative_weight, filter=filter_value(req.filter),
             )  # fmt: skip
 
     return answer(state, request, await run_in_threadpool(run), req.k, t0)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..index import Index
 from .errors import ApiError, describe_validation
-from .models import MAX_ID
+from .models import MAX_ID, Text
 from .state import ServiceState
 
 M = TypeVar("M", bound=BaseModel)
@@ -27,7 +27,8 @@ async def get_state(request: Request) -> ServiceState:
 
 State = Annotated[ServiceState, Depends(get_state)]
 ItemRef = Annotated[
-    str, Path(max_length=64, description="An item's id (a whole number).", examples=["0"], pattern=r"^[0-9]+$")
+    Text,
+    Path(description="An item: its id (a whole number) or its key (catalogue indexes).", examples=["0"]),
 ]
 
 
@@ -52,28 +53,43 @@ async def read_json(request: Request, model: type[M]) -> M:
         raise ApiError(422, describe_validation(e.errors())) from None
 
 
-def parse_ref(ref: str) -> int:
-    """An item reference from a path as an id (422 when it cannot name an item)."""
-    if not ref.isascii() or not ref.isdigit() or int(ref) > MAX_ID:
-        raise ApiError(422, f"item: {ref[:40]!r} is not an item id (a whole number from 0 to {MAX_ID})")
-    return int(ref)
-
-
 def resolve_item(index: Index, ref: str | int) -> int:
-    """The id of the item that ``ref`` names, or 404."""
-    item_id = parse_ref(ref) if isinstance(ref, str) else int(ref)
-    if not index.has_id(item_id):
-        raise ApiError(404, f"no item with id {item_id}")
-    return item_id
+    """The id of the item that ``ref`` names (from a path: digits are an id first, else a key), or 404.
+
+    The library's resolver decides (:meth:`simsearch.Index.resolve_item`: ids, keys, live writes).
+    """
+    found = _resolve(index, ref)
+    if found is None:
+        as_id = isinstance(ref, str) and ref.isascii() and ref.isdigit() and int(ref) <= MAX_ID
+        raise ApiError(404, f"no item with {_names([int(ref) if as_id else ref])}")
+    return found
 
 
 def require_items(index: Index, refs) -> list[int]:
-    """The ids of the items named, in order; 404 listing each unknown one once."""
-    ids = [parse_ref(r) if isinstance(r, str) else int(r) for r in refs]
-    missing = [i for i in dict.fromkeys(ids) if not index.has_id(i)]
+    """The ids of the items named (ids or keys), in order; 404 listing each unknown one once."""
+    found = [(r, _resolve(index, r)) for r in refs]
+    missing = list(dict.fromkeys(r for r, i in found if i is None))
     if missing:
-        shown = ", ".join(str(i) for i in missing[:20]) + (
-            f" and {len(missing) - 20} more" if len(missing) > 20 else ""
-        )
-        raise ApiError(404, f"no item with id {shown}" if len(missing) == 1 else f"no items with ids {shown}")
-    return ids
+        raise ApiError(404, f"no item{'s' if len(missing) > 1 else ''} with {_names(missing)}")
+    return [i for _, i in found if i is not None]
+
+
+def known_ids(index: Index, refs) -> list[int]:
+    """The ids of the items named that exist (for ``exclude``: an unknown item is simply not there)."""
+    return [i for i in (_resolve(index, r) for r in refs) if i is not None]
+
+
+def _resolve(index: Index, ref: str | int) -> int | None:
+    if isinstance(ref, str) and ref.isascii() and ref.isdigit() and int(ref) <= MAX_ID:
+        found = index.resolve_item(int(ref))
+        return found if found is not None else index.resolve_item(ref)
+    return index.resolve_item(ref)
+
+
+def _names(refs: list) -> str:
+    """``id 3``, ``ids 3, 4``, ``key 'a'``, ``ids 3, 4 or key 'a'`` (the first 20)."""
+    ids = [str(r) for r in refs if isinstance(r, int)]
+    keys = [repr(r[:80]) for r in refs if isinstance(r, str)]
+    parts = [f"{word}{'s' if len(names) > 1 else ''} {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}"
+             for word, names in (("id", ids), ("key", keys)) if names]  # fmt: skip
+    return " or ".join(parts)

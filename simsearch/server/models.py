@@ -27,6 +27,9 @@ def utf8_text(value: str) -> str:
 
 Text = Annotated[str, Field(max_length=LIMITS.serve_max_text), AfterValidator(utf8_text)]
 ItemIdT = Annotated[int, Field(ge=0, le=MAX_ID)]
+ItemRefT = Annotated[
+    ItemIdT | Text, Field(description="An item: its id (a number) or its key (a string, in catalogue indexes).")
+]
 K = Annotated[int, Field(ge=1, le=LIMITS.serve_max_k, description="Number of results.")]
 
 
@@ -34,8 +37,12 @@ class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Filter(_Base):
-    """Only results whose metadata match (all given conditions)."""
+class Filter(BaseModel):
+    """Only results whose metadata match (all given conditions). Besides ``label`` and ``path_prefix``, any
+    attribute of a catalogue index: ``{"category": "shoes", "price": {"lt": 100}}`` (see docs/filters.md; the
+    library checks them against the index's attributes, with caps on values and conditions)."""
+
+    model_config = ConfigDict(extra="allow")
 
     label: Text | Annotated[list[Text], Field(max_length=LIMITS.serve_max_values)] | None = Field(
         None, description=f"A label, or a list of labels (any of them; at most {LIMITS.serve_max_values:,})."
@@ -50,7 +57,21 @@ class Filter(_Base):
             if label is not None and len(label) == 1:
                 label = label[0]
         d = {k: v for k, v in (("label", label), ("path_prefix", self.path_prefix)) if v not in (None, "")}
+        d.update(self.model_extra or {})
         return d or None
+
+
+FilterT = Annotated[
+    Filter | Text | None,
+    Field(description='Conditions as an object, or as a string: `category = "shoes" and price < 100`.'),
+]
+
+
+def filter_value(f: Filter | str | None) -> dict | str | None:
+    """A request's filter in the library's form."""
+    if isinstance(f, Filter):
+        return f.as_dict()
+    return f or None
 
 
 def filter_of(labels: list[str] | None, path_prefix: str | None) -> dict | None:
@@ -65,9 +86,9 @@ class SearchRequest(_Base):
         ..., min_length=1, max_length=LIMITS.max_dim, description="Query embedding (any norm, finite, non-zero)."
     )
     k: K = 10
-    filter: Filter | None = None
-    exclude: list[ItemIdT] = Field(
-        default_factory=list, max_length=LIMITS.serve_max_ids, description="Ids never to return."
+    filter: FilterT = None
+    exclude: list[ItemRefT] = Field(
+        default_factory=list, max_length=LIMITS.serve_max_ids, description="Items never to return (ids or keys)."
     )
 
 
@@ -86,8 +107,8 @@ class BatchSearchRequest(_Base):
         ..., min_length=1, max_length=LIMITS.serve_max_batch
     )
     k: K = 10
-    filter: Filter | None = None
-    exclude: list[ItemIdT] = Field(default_factory=list, max_length=LIMITS.serve_max_ids)
+    filter: FilterT = None
+    exclude: list[ItemRefT] = Field(default_factory=list, max_length=LIMITS.serve_max_ids)
 
     @model_validator(mode="after")
     def _bounded_work(self):
@@ -103,11 +124,11 @@ class BatchSearchRequest(_Base):
 class RecommendRequest(_Base):
     """Items like the positives, unlike the negatives, never the excluded (e.g. a user's already-seen list)."""
 
-    positive: list[ItemIdT] = Field(..., min_length=1, max_length=LIMITS.serve_max_ids)
-    negative: list[ItemIdT] = Field(default_factory=list, max_length=LIMITS.serve_max_ids)
-    exclude: list[ItemIdT] = Field(default_factory=list, max_length=LIMITS.serve_max_ids)
+    positive: list[ItemRefT] = Field(..., min_length=1, max_length=LIMITS.serve_max_ids)
+    negative: list[ItemRefT] = Field(default_factory=list, max_length=LIMITS.serve_max_ids)
+    exclude: list[ItemRefT] = Field(default_factory=list, max_length=LIMITS.serve_max_ids)
     k: K = 20
-    filter: Filter | None = None
+    filter: FilterT = None
     negative_weight: float = Field(0.5, ge=0.0, le=10.0)
 
     @model_validator(mode="after")
@@ -148,6 +169,9 @@ class BatchSearchResponse(BaseModel):
 class ItemResponse(BaseModel):
     model_config = ConfigDict(extra="allow")
     id: int
+    key: str
+    attributes: dict
+    photos: int = Field(..., description="Number of photos (the first one's path, size and mtime are shown).")
     path: str
     label: str | None
     bytes: int
@@ -159,7 +183,7 @@ class ItemResponse(BaseModel):
 class VectorResponse(BaseModel):
     id: int
     dim: int
-    vector: list[float] = Field(..., description="The item's stored embedding (unit length).")
+    vector: list[float] = Field(..., description="The item's embedding (unit length; several photos: their mean).")
 
 
 class LabelCount(BaseModel):

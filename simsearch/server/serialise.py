@@ -11,8 +11,8 @@ import os
 from dataclasses import asdict
 from typing import Any
 
-from ..index import Item
 from ..search import Hit
+from ..store import Item
 
 PRIVATE_HIT_FIELDS = ("abspath",)
 
@@ -38,13 +38,23 @@ def hits_json(hits: list[Hit], base: str, expose_paths: bool = False) -> list[di
 def scored_items(items: list[Item], scores: list[float]) -> list[Hit]:
     """Items with a similarity score (e.g. a duplicate group's members) as ranked hits."""
     return [
-        Hit(rank=r, id=it.id, score=round(float(s), 6), path=it.path, label=it.label, abspath=str(it.abspath))
+        Hit(
+            rank=r,
+            id=it.id,
+            score=round(float(s), 6),
+            path=it.path,
+            label=it.label,
+            abspath=str(it.abspath),
+            key=it.key,
+            attributes=it.attributes,
+        )
         for r, (it, s) in enumerate(zip(items, scores, strict=True), 1)
     ]
 
 
 def item_json(item: Item, base: str, expose_paths: bool = False) -> dict[str, Any]:
-    d: dict[str, Any] = {"id": item.id, "path": item.path, "label": item.label, "bytes": item.size,
+    d: dict[str, Any] = {"id": item.id, "key": item.key, "label": item.label, "attributes": item.attributes,
+                         "photos": len(item.photos), "path": item.path, "bytes": item.size,
                          "mtime_ns": item.mtime_ns}  # fmt: skip
     if expose_paths:
         d.update(root=item.root, abspath=str(item.abspath))

@@ -14,7 +14,7 @@ import re
 import threading
 import time
 import weakref
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -23,8 +23,9 @@ from ..config.serve import ServeSpec
 from ..errors import ImageError, SimsearchError
 from ..gallery import thumbnail_jpeg
 from ..images import load_image
-from ..index import MANIFEST, Index, open_index, read_manifest
+from ..index import Index, open_index
 from ..searcher import Searcher
+from ..store import MANIFEST, read_manifest
 
 log = logging.getLogger("simsearch.server")
 
@@ -186,12 +187,13 @@ class ServiceState:
     # -- reading
     def label_counts(self, index: Index) -> list[tuple[str | None, int]]:
         """``[(label, count)]`` of the index, most frequent first (computed once per opened index)."""
-        counts = self._labels.get(index)
-        if counts is None:
-            tally = Counter(index.labels().values())
+        key = (index.manifest.generation, index.manifest.updated)  # a live index moves to newer generations
+        cached = self._labels.get(index)
+        if cached is None or cached[0] != key:
+            tally = index.label_counts()
             counts = sorted(tally.items(), key=lambda kv: (-kv[1], kv[0] is None, kv[0] or ""))
-            self._labels[index] = counts
-        return counts
+            cached = self._labels[index] = (key, counts)
+        return cached[1]
 
     def redact(self, text: str) -> str:
         """``text`` without the server's absolute paths (index folder, indexed roots), unless they are exposed."""
