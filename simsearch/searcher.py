@@ -69,7 +69,9 @@ class _Job:
 class Searcher:
     """Coalesces concurrent searches of unit vectors into batched :func:`search_vectors` calls (thread-safe).
 
-    ``on_start`` runs first in the worker thread (per-thread settings such as FAISS's OpenMP thread count).
+    ``spec.workers`` threads take batches from one queue: while one searches (FAISS releases the GIL), another
+    turns its results into hits. ``on_start`` runs first in each worker thread (per-thread settings such as
+    FAISS's OpenMP thread count).
     Jobs of different indexes (e.g. before and after a reload) are never mixed.
     """
 
@@ -78,10 +80,10 @@ class Searcher:
         self._on_start = on_start
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._closed = False
-        self.batches = 0  # index searches run by the worker
-        self.queries = 0  # searches answered by the worker
+        self.batches = 0  # index searches run by the workers
+        self.queries = 0  # searches answered by the workers
 
     # -- submitting
     def submit(
@@ -145,23 +147,26 @@ class Searcher:
 
     # -- the worker
     def _ensure_worker(self) -> None:
-        if self._thread is not None:
+        if self._threads:
             return
         with self._lock:
             if self._closed:
                 raise SimsearchError("the searcher is closed")
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="simsearch-searcher", daemon=True)
-                self._thread.start()
+            if not self._threads:
+                for n in range(self.spec.workers):
+                    t = threading.Thread(target=self._run, name=f"simsearch-searcher-{n}", daemon=True)
+                    t.start()
+                    self._threads.append(t)
 
     def close(self) -> None:
-        """Stop the worker (searches already queued are answered first)."""
+        """Stop the workers (searches already queued are answered first)."""
         with self._lock:
             self._closed = True
-            thread, self._thread = self._thread, None
-        if thread is not None:
+            threads, self._threads = self._threads, []
+        for _ in threads:
             self._queue.put(None)
-            thread.join(timeout=10)
+        for t in threads:
+            t.join(timeout=10)
 
     def _run(self) -> None:
         if self._on_start is not None:
@@ -204,8 +209,9 @@ class Searcher:
             else:
                 fetch = max(j.k + len(j.exclude) for j in jobs)
                 rows = search_vectors(head.index, vectors, k=fetch, filter=head.filter)
-            self.batches += 1
-            self.queries += len(jobs)
+            with self._lock:
+                self.batches += 1
+                self.queries += len(jobs)
         except BaseException as e:  # handed to every waiting caller (answered as an error there)
             for j in jobs:
                 j.future.set_exception(e)

@@ -640,7 +640,7 @@ def test_searcher_coalesces_waiting_queries(idx):
     ids, vecs = idx.vectors()
     vecs = l2_normalize(vecs)
     gate = threading.Event()
-    searcher = Searcher(BatchSpec(linger_s=0.0), on_start=gate.wait)  # the worker waits until all are queued
+    searcher = Searcher(BatchSpec(linger_s=0.0, workers=1), on_start=gate.wait)  # waits until all are queued
     futures = [searcher.submit(idx, v, 1 + n % 4) for n, v in enumerate(vecs)]
     excluding = searcher.submit(idx, vecs[0], 3, exclude=[int(ids[0])])
     filtered = searcher.submit(idx, vecs[0], 9, filter={"label": "cats"})

@@ -8,7 +8,7 @@ Absolute server paths (``abspath``, ``root``, the index folder) are left out unl
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
+from dataclasses import fields
 from typing import Any
 
 from ..search import Hit
@@ -22,11 +22,13 @@ def links(base: str, item_id: int) -> dict[str, str]:
     return {"thumbnail": f"{base}/items/{item_id}/thumbnail", "image": f"{base}/items/{item_id}/image"}
 
 
+_HIT_FIELDS = tuple(f.name for f in fields(Hit))
+
+
 def hit_json(hit: Hit, base: str, expose_paths: bool = False) -> dict[str, Any]:
-    d = asdict(hit)
-    if not expose_paths:
-        for name in PRIVATE_HIT_FIELDS:
-            d.pop(name, None)
+    """Every field of the hit (shallow: ``dataclasses.asdict`` deep-copies, and this runs for every result),
+    without the absolute path unless exposed, with the URLs of its thumbnail and file."""
+    d = {name: getattr(hit, name) for name in _HIT_FIELDS if expose_paths or name not in PRIVATE_HIT_FIELDS}
     d.update(links(base, hit.id))
     return d
 
