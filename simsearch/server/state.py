@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+import faiss
+
 from ..config.serve import ServeSpec
 from ..errors import ImageError, SimsearchError
 from ..gallery import thumbnail_jpeg
@@ -46,8 +48,6 @@ class ServiceState:
     def __init__(self, index_path: str | Path, spec: ServeSpec | None = None, *, backbone=None, **settings):
         self.spec = replace(spec or ServeSpec(), **settings)
         if self.spec.faiss_threads:
-            import faiss
-
             # Requests run in parallel threads: one OpenMP thread per search is fastest. Several per search make
             # OpenMP teams spin against each other (on a busy machine a search of a 35-item index took 35 ms
             # with two threads, 4 ms with one). Batches of 3+ queries (see Searcher) use FAISS's matrix-product
@@ -89,8 +89,6 @@ class ServiceState:
         """OpenMP's thread count is per calling thread: set it in each thread that searches (once)."""
         n = self.spec.faiss_threads
         if n and getattr(_thread_state, "faiss_threads", None) != n:
-            import faiss
-
             faiss.omp_set_num_threads(int(n))
             _thread_state.faiss_threads = n
 
