@@ -302,6 +302,17 @@ def test_12_an_items_vector_file_and_labels(client, idx):
     assert len(client.get("/labels", params={"limit": 2}).json()["labels"]) == 2
 
 
+def test_item_names_from_requests_never_reach_the_file_system(client, idx):
+    """Found by the fuzzer: a key "~nobody" made the library expand a home directory (500). Names in requests
+    are ids or keys only: paths, even of indexed files, do not name items over HTTP."""
+    i = _id(idx, "cats/c1.jpg")
+    for ref in ("~nobody-such-user", "~", "/etc/passwd", str(idx.item(i).abspath), "cats/c1.jpg/..", "."):
+        _error(client.post("/recommend", json={"positive": [ref]}), 404, "no item with key")
+        assert client.post("/search", json={"vector": idx.vector(i).tolist(), "exclude": [ref]}).status_code == 200
+    _error(client.get("/items/~nobody-such-user"), 404)
+    assert client.post("/recommend", json={"positive": [idx.item(i).key]}).status_code == 200  # a key is fine
+
+
 # ------------------------------------------------------------------------------ 6 and 8: a real uvicorn
 
 

@@ -80,10 +80,11 @@ def known_ids(index: Index, refs) -> list[int]:
 
 
 def _resolve(index: Index, ref: str | int) -> int | None:
+    """Ids and keys only: a name from a request never leads to a look-up on the server's file system."""
     if isinstance(ref, str) and ref.isascii() and ref.isdigit() and int(ref) <= MAX_ID:
-        found = index.resolve_item(int(ref))
-        return found if found is not None else index.resolve_item(ref)
-    return index.resolve_item(ref)
+        found = index.resolve_item(int(ref), paths=False)
+        return found if found is not None else index.resolve_item(ref, paths=False)
+    return index.resolve_item(ref, paths=False)
 
 
 def _names(refs: list) -> str:
