@@ -40,7 +40,8 @@ _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "constraine
 def _loc(e: dict) -> str:
     """A field's path, without pydantic's union branch tags (``function-after[...]``, ``list[...]``, ``str``)."""
     parts = [str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path", "form")]
-    return ".".join(x for x in parts if "[" not in x and x not in _TYPE_TAGS)
+    # union branches are tagged with their type ("str", "list[...]") or model class ("Filter"); fields are lower case
+    return ".".join(x for x in parts if "[" not in x and x not in _TYPE_TAGS and not x[:1].isupper())
 
 
 def describe_validation(errors) -> str:
@@ -54,8 +55,11 @@ def describe_validation(errors) -> str:
     for e in errors:
         by_field.setdefault(_loc(e), []).append(e)
     chosen = []
-    for group in by_field.values():
+    for loc, group in by_field.items():
         specific = [e for e in group if not str(e.get("type", "")).endswith("_type")]
+        deeper = any(other != loc and other.startswith(f"{loc}.") for other in by_field)
+        if not specific and deeper:  # another branch of a union got further into this value: its reason wins
+            continue
         chosen.extend(specific or group[:1])
     parts = []
     for e in chosen[:5]:
