@@ -164,7 +164,10 @@ class Index:
 
     def id_for_path(self, path: str | Path) -> int | None:
         """Id of the item with a photo at this absolute path, or at this path relative to a root."""
-        p = Path(path).expanduser()
+        try:
+            p = Path(path).expanduser()
+        except RuntimeError:  # "~name" of no known user: no such file
+            return None
         roots = self.manifest.roots
         candidates = []
         if p.is_absolute() or p.exists():  # a file on disk: only the indexed file at that very place
@@ -180,8 +183,10 @@ class Index:
                 return found
         return None
 
-    def resolve_item(self, ref) -> int | None:
-        """The id of the item that ``ref`` names: an id, a key, or an indexed file's path (None: not indexed)."""
+    def resolve_item(self, ref, *, paths: bool = True) -> int | None:
+        """The id of the item that ``ref`` names: an id, a key, or an indexed file's path (None: not indexed).
+
+        ``paths=False``: ids and keys only, no look-up on the file system (for names that come from requests)."""
         live = self.live_state()
         if isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
             if any(it.id == int(ref) for it in live.items.values()):
@@ -195,7 +200,7 @@ class Index:
             found = self.id_for_key(ref)
             if found is not None:
                 return found
-        if isinstance(ref, (str, Path)):
+        if paths and isinstance(ref, (str, Path)):
             return self.id_for_path(ref)
         return None
 

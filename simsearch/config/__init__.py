@@ -5,9 +5,11 @@ validates values with them. One module per area, each owned by the layer that us
 
 - :mod:`simsearch.config.limits`: hard limits (k, pixels, request sizes) shared by the library and the service.
 - :mod:`simsearch.config.classify`: k, vote threshold and field of label suggestion, audit and its evaluation.
+- :mod:`simsearch.config.serve`: the HTTP service's settings (:class:`ServeSpec`) and request batching.
 """
 
 from .classify import CLASSIFY, ClassifySettings
 from .limits import LIMITS, Limits
+from .serve import SERVE, BatchSpec, ServeSpec
 
-__all__ = ["CLASSIFY", "LIMITS", "ClassifySettings", "Limits"]
+__all__ = ["CLASSIFY", "LIMITS", "SERVE", "BatchSpec", "ClassifySettings", "Limits", "ServeSpec"]
