@@ -23,7 +23,7 @@ from .build import UpdateReport, build_index, check_backbone
 from .embed import Embedder, cached_embedder_for_index, embedder_for_index
 from .errors import SimsearchError
 from .search import Hit, Rules, allowed_items, check_vector, recommend, search, search_vectors
-from .store import MANIFEST, Item, Manifest, Snapshot, published_generation, read_manifest, writer_lock
+from .store import MANIFEST, Item, Manifest, Photo, Snapshot, published_generation, read_manifest, writer_lock
 from .store.delta import DeltaJournal, NewOp
 from .store.live import LiveState, LiveView
 from .verify import verify_index
@@ -144,14 +144,34 @@ class Index:
 
     # -- items
     def item(self, item_id: int) -> Item:
-        return self._snapshot.meta.item(item_id)
+        found = self.items([item_id])
+        if not found:
+            raise KeyError(item_id)
+        return found[0]
 
     def items(self, ids: Iterable[int] | None = None) -> list[Item]:
-        """Items by id (batched; unknown ids left out), or all of them."""
-        return self._snapshot.meta.items(ids)
+        """Items by id (batched; unknown ids left out), or all of the stored ones; live writes included."""
+        state = self.live_state()
+        if ids is None:
+            return self._snapshot.meta.items(None)
+        wanted = [int(i) for i in ids]
+        live = {it.id: it for it in state.items.values()}
+        stored = {
+            it.id: it for it in self._snapshot.meta.items(i for i in wanted if i not in live and i not in state.hidden)
+        }
+        out = []
+        for i in wanted:
+            if i in live:
+                out.append(_live_item(live[i]))
+            elif i in stored:
+                out.append(stored[i])
+        return out
 
     def has_id(self, item_id: int) -> bool:
-        return self._snapshot.meta.has_item(item_id)
+        state = self.live_state()
+        if any(it.id == int(item_id) for it in state.items.values()):
+            return True
+        return int(item_id) not in state.hidden and self._snapshot.meta.has_item(item_id)
 
     def ids(self) -> np.ndarray:
         return self._snapshot.meta.item_ids()
@@ -423,6 +443,19 @@ class Index:
 
 REFRESH_SECONDS = 0.2  # how often searches look for a newer generation (live writes are seen at once)
 UPLOADS = "uploads"
+
+
+def _live_item(it) -> Item:
+    photos = []
+    for pid, name in zip(it.photo_ids.tolist(), it.photos, strict=True):
+        p = Path(name)
+        try:
+            st = p.stat()
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size, mtime = 0, 0
+        photos.append(Photo(pid, str(p.parent), p.name, size, mtime))
+    return Item(it.id, it.key, dict(it.attributes), tuple(photos))
 
 
 def _mean(vecs: np.ndarray) -> np.ndarray:

@@ -49,9 +49,18 @@ from ._common import command, main
     "--max-pixels", default=SERVE.max_pixels, show_default=True, type=click.IntRange(1), help="Refuse larger images."
 )
 @click.option("--access-log/--no-access-log", default=SERVE.access_log, show_default=True, help="Log every request.")
+@click.option("--read-only", is_flag=True, default=SERVE.read_only, help="Refuse live writes to items.")
+@click.option(
+    "--compact-seconds",
+    default=SERVE.compact_seconds,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Fold live writes into the index this often (and at once after --compact-writes of them).",
+)
+@click.option("--compact-writes", default=SERVE.compact_writes, show_default=True, type=click.IntRange(1))
 @command
 def serve_cmd(index_path, host, port, api_key, allowed_hosts, expose_paths, allow_reload, watch, max_upload_mb,
-              max_pixels, access_log, quiet):  # fmt: skip
+              max_pixels, access_log, read_only, compact_seconds, compact_writes, quiet):  # fmt: skip
     """Serve INDEX over HTTP: search API, a search page at /, OpenAPI docs at /docs."""
     try:
         from ..server import serve  # the server extra (fastapi, uvicorn) is optional
@@ -62,7 +71,8 @@ def serve_cmd(index_path, host, port, api_key, allowed_hosts, expose_paths, allo
         SERVE, host=host, port=port, allowed_hosts=hosts, expose_paths=expose_paths,
         allow_reload=allow_reload or bool(watch), watch_seconds=watch,
         max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels,
-        access_log=access_log and not quiet, preload=True,
+        access_log=access_log and not quiet, preload=True, read_only=read_only, compact_seconds=compact_seconds,
+        compact_writes=compact_writes,
     )  # fmt: skip
     click.echo(f"serving {index_path} on http://{host}:{port}/ (docs: /docs); Ctrl-C to stop", err=True)
     serve(index_path, spec, api_key=api_key or None, log_level="warning" if quiet else "info")

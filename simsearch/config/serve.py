@@ -46,6 +46,9 @@ class ServeSpec:
     preload: bool = False  # load the embedding model at start-up (``simsearch serve`` does)
     faiss_threads: int | None = 1  # OpenMP threads per FAISS search, process-wide (None: leave the setting alone)
     thumbnail_cache: int = 2048  # thumbnails kept in memory
+    read_only: bool = False  # refuse live writes (PUT, PATCH, DELETE /items/{key}, POST /items/batch)
+    compact_writes: int = 1000  # live writes that make the service fold its journal into the index at once
+    compact_seconds: float = 30.0  # ...and, when fewer, how often it folds whatever is pending
     batching: BatchSpec = BatchSpec()
 
     def __post_init__(self) -> None:
@@ -55,6 +58,8 @@ class ServeSpec:
             raise ValueError("max_upload_bytes and max_pixels must be positive")
         if self.watch_seconds is not None and self.watch_seconds <= 0:
             raise ValueError("watch_seconds must be positive")
+        if self.compact_writes < 1 or self.compact_seconds <= 0:
+            raise ValueError("compact_writes and compact_seconds must be positive")
         if isinstance(self.allowed_hosts, str):
             raise ValueError("allowed_hosts is a tuple of host names, not one string")
 

@@ -30,7 +30,7 @@ from starlette.requests import ClientDisconnect
 from .._version import __version__
 from ..config.serve import ServeSpec
 from ..errors import ImageError, SimsearchError
-from . import api_items, api_search, api_service
+from . import api_items, api_search, api_service, api_writes
 from .errors import ApiError, describe_validation, error_body
 from .guard import BodyTooLargeError, Guard, RedactKeys
 from .models import BatchSearchRequest, ErrorResponse, RecommendRequest, SearchRequest
@@ -77,6 +77,7 @@ def create_app(
             if spec.preload:
                 state.preload()
             state.start_watching()
+            state.start_compacting()
         try:
             yield
         finally:
@@ -98,7 +99,7 @@ def create_app(
     )
     app.state.simsearch = state
     app.include_router(api_service.public)
-    for module in (api_search, api_items, api_service):
+    for module in (api_search, api_writes, api_items, api_service):
         app.include_router(module.router, dependencies=[Security(_api_key_scheme)], responses=_ERRORS)
     app.mount("/static", StaticFiles(directory=api_service.STATIC_DIR), name="static")
     assets = api_service.swagger_assets()

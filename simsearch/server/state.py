@@ -21,8 +21,9 @@ from pathlib import Path
 
 import faiss
 
+from ..compact import compact_index
 from ..config.serve import ServeSpec
-from ..errors import ImageError, SimsearchError
+from ..errors import ImageError, IndexLockedError, SimsearchError
 from ..gallery import thumbnail_jpeg
 from ..images import load_image
 from ..index import Index, open_index
@@ -68,6 +69,8 @@ class ServiceState:
         self._labels: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._compactor: threading.Thread | None = None
+        self._compact_now = threading.Event()
         self.searcher = Searcher(self.spec.batching, on_start=self.thread_setup)
         self.started = time.time()
 
@@ -169,9 +172,43 @@ class ServiceState:
                 except Exception as e:  # keep serving the current index; try again on the next change
                     log.warning("could not reload %s: %s", self.path, e)
 
+    # -- live writes: folded into the index in the background
+    def writes_made(self, pending: int) -> None:
+        """Called after live writes: enough of them pending starts a compaction at once."""
+        if pending >= self.spec.compact_writes:
+            self._compact_now.set()
+
+    def start_compacting(self) -> None:
+        if self.spec.read_only or self._compactor is not None:
+            return
+        self._stop.clear()
+        self._compactor = threading.Thread(target=self._compact_loop, name="simsearch-compact", daemon=True)
+        self._compactor.start()
+
+    def _compact_loop(self) -> None:
+        while not self._stop.is_set():
+            self._compact_now.wait(self.spec.compact_seconds)
+            self._compact_now.clear()
+            if self._stop.is_set():
+                return
+            try:
+                if self.current.pending_writes():
+                    r = compact_index(self.path)
+                    if r["folded"]:
+                        log.info("folded %d live writes into generation %d", r["folded"], r["generation"])
+                        self.reload()
+            except IndexLockedError:
+                pass  # an `index` run is writing: fold next time
+            except Exception as e:  # keep serving; the writes stay in the journal
+                log.warning("could not fold live writes into %s: %s", self.path, e)
+
     def close(self) -> None:
         self.searcher.close()
         self._stop.set()
+        self._compact_now.set()
+        if self._compactor is not None:
+            self._compactor.join(timeout=60)
+            self._compactor = None
         if self._watcher is not None:
             self._watcher.join(timeout=5)
             self._watcher = None
