@@ -16,15 +16,13 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import SimsearchError
+from .faissops import is_exact_storage, prepare
+from .index import Index, open_index
 from .progress import progress_bar
-
-if TYPE_CHECKING:
-    from .index import Index
 
 FORMATS = ("parquet", "npy")
 MANIFEST_KEY = b"simsearch.manifest"
@@ -49,8 +47,6 @@ def reconstruct(index: Index, ids: np.ndarray) -> np.ndarray:
     try:
         return np.asarray(index.faiss.reconstruct_batch(ids), dtype=np.float32)
     except RuntimeError:
-        from .autoindex import prepare
-
         try:
             prepare(index.faiss)
             return np.asarray(index.faiss.reconstruct_batch(ids), dtype=np.float32)
@@ -120,8 +116,6 @@ def export_index(
 ) -> dict:
     """Write ``index`` to ``out``: a ``.parquet`` file, or (``npy``) a folder with ``vectors.npy`` (n × dim
     float32), ``ids.npy``, ``items.csv`` and ``manifest.json``. Returns a summary dict."""
-    from .index import open_index
-
     if not isinstance(index, (str, Path)):
         return _export(index, Path(out), fmt, batch_size, progress, overwrite)
     with open_index(index) as idx:
@@ -211,8 +205,6 @@ def read_parquet_manifest(path: str | Path) -> dict | None:
 
 
 def _exact(index: Index) -> bool:
-    from .autoindex import is_exact_storage
-
     try:
         return bool(is_exact_storage(index.faiss))
     except Exception:

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+from ._version import __version__
 from .errors import ImageError
+from .images import load_image
 
 if TYPE_CHECKING:
     from .config import DuplicateRule
@@ -34,8 +36,6 @@ def thumbnail_jpeg(source, size: int = THUMB_SIZE, *, quality: int = 82, max_pix
     Raises :class:`~simsearch.errors.ImageError` when the image cannot be read.
     """
     from PIL import Image
-
-    from .images import load_image
 
     img = load_image(source, max_pixels=max_pixels, draft_size=size)
     img = img.copy() if img is source else img
@@ -124,8 +124,6 @@ def _why(reason: str | None, hash_distance: int | None) -> str:
 
 def _page(title: str, subtitle: str, body: str) -> str:
     esc = html.escape
-    from . import __version__
-
     now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -23,7 +23,7 @@ from .build import UpdateReport, build_index, check_backbone
 from .embed import Embedder, cached_embedder_for_index, embedder_for_index
 from .errors import SimsearchError
 from .search import Hit, Rules, allowed_items, check_vector, recommend, search, search_vectors
-from .store import MANIFEST, Item, Manifest, Snapshot, published_generation, read_manifest, writer_lock
+from .store import MANIFEST, Item, Manifest, Photo, Snapshot, published_generation, read_manifest, writer_lock
 from .store.delta import DeltaJournal, NewOp
 from .store.live import LiveState, LiveView
 from .verify import verify_index
@@ -54,20 +54,25 @@ class Index:
         backbone: Backbone | None = None,
         embedder_options: dict | None = None,
         report: UpdateReport | None = None,
+        *,
+        follow: bool = False,
     ):
         self._snapshot = snapshot
         self._journal = DeltaJournal(snapshot.path, snapshot.manifest.dim)
         self._live = LiveView(snapshot, self._journal)
         self._refresh_lock = threading.Lock()
         self._checked = time.monotonic()
+        self.follow = follow
         self.report = report  # the build run that produced this index, when opened by simsearch.build_index
         self._backbone = backbone
         self._embedder: Embedder | None = None
         self.embedder_options: dict = dict(embedder_options or {})
 
     @classmethod
-    def open(cls, path: str | Path, *, backbone: Backbone | str | None = None, mmap: bool = False) -> Index:
-        idx = cls(Snapshot.open(path, mmap=mmap))
+    def open(
+        cls, path: str | Path, *, backbone: Backbone | str | None = None, mmap: bool = False, follow: bool = False
+    ) -> Index:
+        idx = cls(Snapshot.open(path, mmap=mmap), follow=follow)
         if backbone is not None:
             idx.set_backbone(backbone)
         return idx
@@ -139,14 +144,34 @@ class Index:
 
     # -- items
     def item(self, item_id: int) -> Item:
-        return self._snapshot.meta.item(item_id)
+        found = self.items([item_id])
+        if not found:
+            raise KeyError(item_id)
+        return found[0]
 
     def items(self, ids: Iterable[int] | None = None) -> list[Item]:
-        """Items by id (batched; unknown ids left out), or all of them."""
-        return self._snapshot.meta.items(ids)
+        """Items by id (batched; unknown ids left out), or all of the stored ones; live writes included."""
+        state = self.live_state()
+        if ids is None:
+            return self._snapshot.meta.items(None)
+        wanted = [int(i) for i in ids]
+        live = {it.id: it for it in state.items.values()}
+        stored = {
+            it.id: it for it in self._snapshot.meta.items(i for i in wanted if i not in live and i not in state.hidden)
+        }
+        out = []
+        for i in wanted:
+            if i in live:
+                out.append(_live_item(live[i]))
+            elif i in stored:
+                out.append(stored[i])
+        return out
 
     def has_id(self, item_id: int) -> bool:
-        return self._snapshot.meta.has_item(item_id)
+        state = self.live_state()
+        if any(it.id == int(item_id) for it in state.items.values()):
+            return True
+        return int(item_id) not in state.hidden and self._snapshot.meta.has_item(item_id)
 
     def ids(self) -> np.ndarray:
         return self._snapshot.meta.item_ids()
@@ -159,7 +184,10 @@ class Index:
 
     def id_for_path(self, path: str | Path) -> int | None:
         """Id of the item with a photo at this absolute path, or at this path relative to a root."""
-        p = Path(path).expanduser()
+        try:
+            p = Path(path).expanduser()
+        except RuntimeError:  # "~name" of no known user: no such file
+            return None
         roots = self.manifest.roots
         candidates = []
         if p.is_absolute() or p.exists():  # a file on disk: only the indexed file at that very place
@@ -175,8 +203,10 @@ class Index:
                 return found
         return None
 
-    def resolve_item(self, ref) -> int | None:
-        """The id of the item that ``ref`` names: an id, a key, or an indexed file's path (None: not indexed)."""
+    def resolve_item(self, ref, *, paths: bool = True) -> int | None:
+        """The id of the item that ``ref`` names: an id, a key, or an indexed file's path (None: not indexed).
+
+        ``paths=False``: ids and keys only, no look-up on the file system (for names that come from requests)."""
         live = self.live_state()
         if isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
             if any(it.id == int(ref) for it in live.items.values()):
@@ -190,7 +220,7 @@ class Index:
             found = self.id_for_key(ref)
             if found is not None:
                 return found
-        if isinstance(ref, (str, Path)):
+        if paths and isinstance(ref, (str, Path)):
             return self.id_for_path(ref)
         return None
 
@@ -283,13 +313,21 @@ class Index:
 
     # -- live writes (see simsearch.store.delta)
     def live_state(self) -> LiveState:
-        """The live writes searches see now; switches to a newer generation when one was published."""
-        if time.monotonic() - self._checked >= REFRESH_SECONDS:
+        """The generation and the live writes searches see now.
+
+        Live writes (from any process) are always seen. An index opened with ``follow=True`` also switches to a
+        newer generation published by a batch run (checked every 0.2 s); otherwise it keeps serving the one it
+        opened, except after a compaction of live writes it has not read yet (then it must reload to see them).
+        """
+        if self.follow and time.monotonic() - self._checked >= REFRESH_SECONDS:
             self._checked = time.monotonic()
             gen = published_generation(self.path)
             if gen is not None and gen != self.manifest.generation:
                 self.reload()
-        return self._live.refresh()
+        state, stale = self._live.refresh()
+        if stale and self.reload():
+            state, _ = self._live.refresh()
+        return state
 
     def reload(self) -> bool:
         """Serve the index's newest published generation (searches in flight finish on the old one)."""
@@ -364,7 +402,7 @@ class Index:
         returns, and visible to this process's searches at once (others' within a second)."""
         with self._refresh_lock:
             done = self._journal.append(list(ops), after=self.manifest.delta_seq)
-        self._live.refresh()
+        self.live_state()
         return [int(op.item) if op.item is not None else -1 for op in done]
 
     def pending_writes(self) -> int:
@@ -407,10 +445,27 @@ REFRESH_SECONDS = 0.2  # how often searches look for a newer generation (live wr
 UPLOADS = "uploads"
 
 
+def _live_item(it) -> Item:
+    photos = []
+    for pid, name in zip(it.photo_ids.tolist(), it.photos, strict=True):
+        p = Path(name)
+        try:
+            st = p.stat()
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size, mtime = 0, 0
+        photos.append(Photo(pid, str(p.parent), p.name, size, mtime))
+    return Item(it.id, it.key, dict(it.attributes), tuple(photos))
+
+
 def _mean(vecs: np.ndarray) -> np.ndarray:
     return vecs[0] if len(vecs) == 1 else l2_normalize(vecs.mean(axis=0))
 
 
-def open_index(path: str | Path, *, backbone: Backbone | str | None = None, mmap: bool = False) -> Index:
-    """Open a saved index for searching. The backbone is loaded lazily (only to embed new images)."""
-    return Index.open(path, backbone=backbone, mmap=mmap)
+def open_index(
+    path: str | Path, *, backbone: Backbone | str | None = None, mmap: bool = False, follow: bool = False
+) -> Index:
+    """Open a saved index for searching. The backbone is loaded lazily (only to embed new images).
+
+    Live writes are always seen; ``follow`` also switches to newer generations written by ``index`` runs."""
+    return Index.open(path, backbone=backbone, mmap=mmap, follow=follow)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,11 +25,9 @@ from .config import DUPLICATES
 from .duplicates import make_rule, pair_hash_distances
 from .errors import SimsearchError
 from .export import iter_items, reconstruct, text
+from .index import Index, open_index
 from .phash import duplicate_mask
 from .progress import progress_bar
-
-if TYPE_CHECKING:
-    from .index import Index
 
 COLUMNS = ("item_id", "item_path", "neighbor_id", "neighbor_path", "rank", "score", "item_key", "neighbor_key")
 
@@ -107,8 +104,6 @@ def compute_neighbors(
     limit: int | None = None,
 ) -> dict:
     """Write the item-to-item neighbour table of ``index`` to ``out`` (see the module docstring)."""
-    from .index import open_index
-
     if isinstance(index, (str, Path)):
         with open_index(index) as idx:
             return compute_neighbors(

@@ -210,7 +210,37 @@ def search_vectors(
         raise SimsearchError(f"query vectors must have dim {snap.manifest.dim}, not {arr.shape[-1]}")
     skip = _resolve_ids(index, exclude)
     rows = [check_vector(v, snap.manifest.dim)[None, :] for v in arr]
+    together = _search_rows(index, np.vstack(rows), k, skip, filter, rules) if len(rows) > 1 else None
+    if together is not None:
+        return together
     return [_search(index, q, k, skip, filter, rules) for q in rows]
+
+
+def _search_rows(
+    index: Searchable, rows: np.ndarray, k, skip: set[int], filter, rules: Rules
+) -> list[list[Hit]] | None:
+    """Independent rows in one FAISS call (an exact index reads its vectors once for all of them, as a matrix
+    product), when nothing calls for a search per row: one photo per item, no filter, no rules, no live items.
+    Gives what :func:`_search` gives each row; None when a row-by-row search is needed."""
+    k = _check_k(k)
+    live = index.live_state()
+    snap = live.snapshot
+    simple = snap.single_photo and live.matrix is None and rules == NO_RULES and snap.faiss.ntotal > 0
+    if not simple or allowed_items(snap, filter, live.schema) is not None:
+        return None
+    base_skip = skip | live.hidden
+    n = int(snap.faiss.ntotal)
+    skip_photos = snap.photos_of(base_skip) if base_skip else np.zeros(0, np.int64)
+    fetch = min(n, k + len(skip_photos))
+    scores, pids = snap.faiss.search(np.ascontiguousarray(rows, dtype=np.float32), fetch)
+    out = []
+    for i in range(len(rows)):
+        ranked = _first_per_item(snap, scores[i : i + 1], pids[i : i + 1], None, base_skip)
+        if len(ranked) < k and fetch < n:  # fewer left than asked (rare): this row on its own, as _search would
+            out.append(_search(index, rows[i : i + 1], k, skip, filter, rules))
+        else:
+            out.append(_hits(snap, live, ranked[:k], rules.fields))
+    return out
 
 
 def _resolve_ids(index: Searchable, refs: Iterable) -> set[int]:

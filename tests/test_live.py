@@ -44,6 +44,7 @@ def test_put_is_searchable_at_once_and_survives_compaction(colors, tmp_path):
         assert reopened.manifest.attributes["price"] == "float"
         assert reopened.item(item).attributes["tags"] == ["sale"]
     # the open index switches to the compacted generation by itself and finds the item once
+    colors.follow = True
     colors._checked = 0.0
     hits = colors.search(_unit((0, 128, 128)), k=20)
     assert keys(hits).count("sku-teal") == 1

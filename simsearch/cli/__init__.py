@@ -3,7 +3,7 @@
 One module per group of commands, each registering on :data:`main` (see ``_common``).
 """
 
-from . import finetune, indexing, live, querying, scale, serving
+from . import classifying, finetune, indexing, live, querying, scale, serving
 from ._common import main
 
-__all__ = ["finetune", "indexing", "live", "main", "querying", "scale", "serving"]
+__all__ = ["classifying", "finetune", "indexing", "live", "main", "querying", "scale", "serving"]

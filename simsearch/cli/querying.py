@@ -13,6 +13,7 @@ from ..gallery import write_query_gallery
 from ..index import open_index
 from ..search import Rules
 from ._common import command, hits_text, main, table
+from .classifying import check_retrieval_options, evaluate_classify, evaluate_options
 
 log = logging.getLogger("simsearch")
 
@@ -112,10 +113,19 @@ def recommend_cmd(
 @click.option("--labels", "labels_csv", type=click.Path(), help="CSV with path,label columns [default: folder names].")
 @click.option("--exclude-label", multiple=True, help="Leave out items with this label; repeatable.")
 @click.option("--classes", type=click.Choice(["all", "first-half", "second-half"]), default="all", show_default=True)
+@evaluate_options
 @command
-def evaluate_cmd(index_path, labels_csv, exclude_label, classes, quiet):
-    """Leave-one-out Recall@1/5/10 and MAP@R over labelled items (exact search)."""
+def evaluate_cmd(index_path, labels_csv, exclude_label, classes, classify, k, field, queries, min_confidence, report,
+                 quiet):  # fmt: skip
+    """Leave-one-out Recall@1/5/10 and MAP@R over labelled items (exact search).
 
+    With --classify: accuracy, macro precision/recall/F1, per class and the confusion matrix of
+    similarity-weighted K-nearest-neighbour label votes, leave-one-out or for --queries FIELD=VALUE.
+    """
+    mine = {"k": k, "field": field, "queries": queries, "min_confidence": min_confidence, "report": report}
+    if classify:
+        return evaluate_classify(index_path, labels_csv, exclude_label, classes, **mine)
+    check_retrieval_options(**mine)
     with open_index(index_path) as idx:
         r = evaluate_index(idx, labels_csv=labels_csv, exclude_labels=exclude_label, classes=classes)
     rows = [[k, v] for k, v in r.items() if k.startswith(("recall", "map"))]

@@ -165,12 +165,13 @@ class DeltaJournal:
         ]
 
     def last_seq(self) -> int:
+        """The seq of the newest write ever journalled (also after compaction deleted it)."""
         with self._lock:
             db = self._conn(create=False)
             if db is None:
                 return 0
-            (seq,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM ops").fetchone()
-            return int(seq)
+            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='ops'").fetchone()
+            return int(row[0]) if row else 0
 
     def pending(self, after: int) -> int:
         with self._lock:

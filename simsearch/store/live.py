@@ -60,12 +60,16 @@ class LiveView:
     def state(self) -> LiveState:
         return self._state
 
-    def refresh(self) -> LiveState:
+    def refresh(self) -> tuple[LiveState, bool]:
+        """Apply new journal rows; also says whether this snapshot is stale: a compaction folded rows this view
+        never read into a newer generation (then only a reload shows them)."""
         with self._lock:
-            ops = self.journal.read(self._state.seq)
-            if ops:
+            seq = self._state.seq
+            ops = self.journal.read(seq)
+            stale = (ops[0].seq != seq + 1) if ops else self.journal.last_seq() > seq
+            if ops and not stale:
                 self._state = self._apply(self._state, ops)
-            return self._state
+            return self._state, stale
 
     def _apply(self, state: LiveState, ops: list[Op]) -> LiveState:
         items = dict(state.items)
