@@ -58,7 +58,7 @@ def check(node: Node, schema: Mapping[str, str]) -> Node:
     items: list[Node] = []
     for child in node.items:
         c = check(child, schema)
-        items.extend(c.items if isinstance(c, kind) else [c])  # type: ignore[union-attr]
+        items.extend(c.items if isinstance(c, kind) else [c])
     if kind is Or and ALL in items:
         return ALL
     unique = sorted(dict.fromkeys(items), key=to_text)

@@ -50,12 +50,12 @@ def coerce(t: str, value: object, name: str, where: str) -> object:
         return bool(value)
     if t in ("int", "float") and not is_bool and isinstance(value, (int, np.integer, float, np.floating)):
         real = isinstance(value, (float, np.floating))
-        if real and math.isnan(value):  # type: ignore[arg-type]
+        if real and math.isnan(value):
             return None
         if real and t == "float":
-            return float(value)  # type: ignore[arg-type]
-        if not real or float(value).is_integer():  # type: ignore[arg-type]
-            number = int(value)  # type: ignore[call-overload]
+            return float(value)
+        if not real or float(value).is_integer():
+            number = int(value)
             if t == "int" and -_INT64 <= number < _INT64:
                 return number
             if t == "float" and abs(number) < 2**1000:
