@@ -8,7 +8,9 @@ memory stays bounded by ``batch_size × k`` rows whatever the size of the index;
 
 * the item itself is left out of its own list (``self_exclude``, the default);
 * ``min_score`` drops neighbours scoring below it (lists may then be shorter than ``k``);
-* ``exclude_duplicates`` drops neighbours scoring at or above it (near-duplicates of the item).
+* ``exclude_duplicates`` drops the item's near-duplicates: neighbours scoring at or above it (a cosine), and those
+  whose perceptual hash is close with a cosine above the rule's lower bar (:mod:`simsearch.duplicates`: the same
+  pair rule as ``simsearch duplicates --threshold``).
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import DUPLICATES
+from .duplicates import make_rule, pair_hash_distances
 from .errors import SimsearchError
 from .export import iter_items, reconstruct, text
 from .index import Index, open_index
+from .phash import duplicate_mask
 from .progress import progress_bar
 
 COLUMNS = ("item_id", "item_path", "neighbor_id", "neighbor_path", "rank", "score", "item_key", "neighbor_key")
@@ -53,15 +58,21 @@ def select_neighbors(
     self_exclude: bool = True,
     min_score: float | None = None,
     exclude_duplicates: float | None = None,
+    hash_distances: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """From raw search results (best first), keep up to ``k`` per row: returns (ids, scores, valid) ``(n, k)``."""
+    """From raw search results (best first), keep up to ``k`` per row: returns (ids, scores, valid) ``(n, k)``.
+
+    ``hash_distances`` (same shape, -1 unknown) lets ``exclude_duplicates`` also drop hash-close duplicates."""
     keep = ids >= 0
     if self_exclude:
         keep &= ids != query_ids[:, None]
     if min_score is not None:
         keep &= scores >= min_score
     if exclude_duplicates is not None:
-        keep &= scores < exclude_duplicates
+        if hash_distances is None:
+            keep &= scores < exclude_duplicates
+        else:
+            keep &= ~duplicate_mask(scores, hash_distances, make_rule(exclude_duplicates))
     order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept ones first, in their original order
     ids_k = np.take_along_axis(ids, order, 1)
     scores_k = np.take_along_axis(scores, order, 1)
@@ -112,6 +123,7 @@ def compute_neighbors(
         raise SimsearchError(f"{out} already exists: remove it or choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     n = len(index)
+    use_hash = DUPLICATES.uses_hash
     fetch = min(n, int(k) + (1 if self_exclude else 0) + (int(k) if exclude_duplicates is not None else 0))
     schema = _schema()
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -139,9 +151,10 @@ def compute_neighbors(
             ts = time.perf_counter()
             scores, found = index.faiss.search(reconstruct(index, qids), fetch)
             t_search += time.perf_counter() - ts
+            hd = pair_hash_distances(index, qids, found) if exclude_duplicates is not None and use_hash else None
             nid, nscore, valid = select_neighbors(
                 qids, found, scores, int(k), self_exclude=self_exclude, min_score=min_score,
-                exclude_duplicates=exclude_duplicates,
+                exclude_duplicates=exclude_duplicates, hash_distances=hd,
             )  # fmt: skip
             row_idx, col_idx = np.nonzero(valid)
             flat_ids = nid[row_idx, col_idx]

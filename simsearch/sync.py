@@ -165,14 +165,15 @@ def _embed_tasks(writer, tasks, report, commit_every, progress, get_embedder) ->
     for batch in get_embedder().embed_files(tasks, path_of=lambda t: t.photo.path, progress=progress):
         ids = writer.allocate_ids(len(batch.items))
         new_items, rows = [], []
-        for pid, t in zip(ids.tolist(), batch.items, strict=True):
+        hashes = batch.phashes if len(batch.phashes) == len(batch.items) else [None] * len(batch.items)
+        for pid, t, phash in zip(ids.tolist(), batch.items, hashes, strict=True):
             item_id = t.item_id if t.item_id is not None else created.get(t.key)
             if item_id is None:
                 item_id = created[t.key] = pid
                 new_items.append((pid, t.key, t.attributes))
             elif t.item_id is not None:
                 updated.add(t.key)
-            rows.append((pid, item_id, t.photo.root, db_path(t.photo.relpath), t.photo.size, t.photo.mtime_ns, None))
+            rows.append((pid, item_id, t.photo.root, db_path(t.photo.relpath), t.photo.size, t.photo.mtime_ns, phash))
         replaced = [t.replaces for t in batch.items if t.replaces is not None]
         replaced += [t.replaces for t, _ in batch.skipped if t.replaces is not None]
         writer.remove_photos(replaced)

@@ -19,6 +19,7 @@ from conftest import LAYOUT, TINY, copy_file, pattern_image, write_image, write_
 from PIL import Image
 
 import simsearch
+from simsearch.config import DUPLICATES
 from simsearch.index import build_index
 
 pytest.importorskip("fastapi")
@@ -432,13 +433,17 @@ def test_duplicates_of_an_item(client, idx):
     r = client.get(f"/items/{orig}/duplicates")
     assert r.status_code == 200
     body = r.json()
-    assert body["id"] == orig and body["group_size"] == 2 and body["threshold"] == pytest.approx(0.9)
+    assert body["id"] == orig and body["group_size"] == 2 and body["threshold"] == DUPLICATES.threshold
+    assert body["hash_distance"] == DUPLICATES.hash_distance and body["representative"] in (orig, copy)
     assert [h["id"] for h in body["duplicates"]] == [copy]
     assert body["duplicates"][0]["score"] == pytest.approx(1.0, abs=1e-4)
-    lonely = client.get(f"/items/{_id(idx, 'birds/b1.jpg')}/duplicates", params={"threshold": 0.9999}).json()
+    assert body["duplicates"][0]["reason"] == "cosine+hash" and body["duplicates"][0]["hash_distance"] <= 2
+    params = {"threshold": 0.9999, "hash_distance": -1}
+    lonely = client.get(f"/items/{_id(idx, 'birds/b1.jpg')}/duplicates", params=params).json()
     assert lonely["group_size"] == 1 and lonely["duplicates"] == []
     for t in (0, -0.5, 1.01, "high"):
         _assert_error(client.get(f"/items/{orig}/duplicates", params={"threshold": t}), 422, words="threshold")
+    _assert_error(client.get(f"/items/{orig}/duplicates", params={"hash_distance": 65}), 422, words="hash_distance")
 
 
 # ------------------------------------------------------------------------------ API key

@@ -6,10 +6,23 @@ validates values with them. One module per area, each owned by the layer that us
 - :mod:`simsearch.config.limits`: hard limits (k, pixels, request sizes) shared by the library and the service.
 - :mod:`simsearch.config.classify`: k, vote threshold and field of label suggestion, audit and its evaluation.
 - :mod:`simsearch.config.serve`: the HTTP service's settings (:class:`ServeSpec`) and request batching.
+- :mod:`simsearch.config.duplicates`: when two items are near-duplicates (cosine, perceptual hash, linkage).
 """
 
 from .classify import CLASSIFY, ClassifySettings
+from .duplicates import DUPLICATES, LINKAGES, DuplicateRule
 from .limits import LIMITS, Limits
 from .serve import SERVE, BatchSpec, ServeSpec
 
-__all__ = ["CLASSIFY", "LIMITS", "SERVE", "BatchSpec", "ClassifySettings", "Limits", "ServeSpec"]
+__all__ = [
+    "CLASSIFY",
+    "DUPLICATES",
+    "LIMITS",
+    "LINKAGES",
+    "SERVE",
+    "BatchSpec",
+    "ClassifySettings",
+    "DuplicateRule",
+    "Limits",
+    "ServeSpec",
+]

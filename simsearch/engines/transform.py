@@ -106,7 +106,14 @@ class Preprocessor:
         self.input_size = int(self.data_config["input_size"][-1])
 
     def __call__(self, source: ImageSource) -> Any:
-        img = load_image(source, max_pixels=self.max_pixels, draft_size=self.draft_size)
+        return self.apply(self.decode(source))
+
+    def decode(self, source: ImageSource) -> Any:
+        """The decoded (upright RGB) PIL image, as this preprocessing decodes it."""
+        return load_image(source, max_pixels=self.max_pixels, draft_size=self.draft_size)
+
+    def apply(self, img: Any) -> Any:
+        """The backbone's eval transform of a decoded image."""
         if self.clip:
             img = clip_aspect(img)  # a 100000x2 image would otherwise be resized to gigabytes
         return self.transform(img)

@@ -10,8 +10,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from ..config import DUPLICATES
 from ..config.limits import LIMITS
-from ..duplicates import DEFAULT_THRESHOLD, duplicates_of
+from ..duplicates import duplicates_of, make_rule, originality
 from ..errors import ImageError, SimsearchError
 from ..search import search
 from .api_search import answer
@@ -119,14 +120,29 @@ def duplicates_route(
     item: ItemRef,
     state: State,
     request: Request,
-    threshold: Annotated[float, Query(gt=0, le=1, description="Minimum cosine similarity.")] = DEFAULT_THRESHOLD,
+    threshold: Annotated[
+        float, Query(gt=0, le=1, description="Cosine similarity at or above which items are near-duplicates.")
+    ] = DUPLICATES.threshold,
+    hash_distance: Annotated[
+        int, Query(ge=-1, le=64, description="Perceptual-hash distance at or below which hash_threshold suffices.")
+    ] = DUPLICATES.hash_distance,
+    hash_threshold: Annotated[
+        float, Query(ge=-1, le=1, description="The lower cosine bar for items with a close hash.")
+    ] = DUPLICATES.hash_threshold,
 ):
+    rule = make_rule(threshold, hash_distance=hash_distance, hash_threshold=hash_threshold)
     with state.index() as index:
         item_id = resolve_item(index, item)
-        group = duplicates_of(index, item_id, threshold)
-    dups = scored_items(group.items[1:], group.scores[1:])
-    return {"id": item_id, "threshold": threshold, "group_size": group.size,
-            "duplicates": hits_json(dups, base_url(request), state.spec.expose_paths)}  # fmt: skip
+        group = duplicates_of(index, item_id, rule=rule)
+        rank = originality(index, group.items)
+    hits = hits_json(scored_items(group.items[1:], group.scores[1:]), base_url(request), state.spec.expose_paths)
+    dups = [
+        {**h, "hash_distance": d, "reason": r}
+        for h, d, r in zip(hits, group.hash_distances[1:], group.reasons[1:], strict=True)
+    ]
+    return {"id": item_id, "threshold": rule.threshold, "hash_distance": rule.hash_distance,
+            "hash_threshold": rule.hash_threshold, "representative": max(rank, key=lambda i: rank[i]),
+            "group_size": group.size, "duplicates": dups}  # fmt: skip
 
 
 @router.get("/labels", response_model=LabelsResponse, summary="The index's labels with their item counts")

@@ -196,11 +196,21 @@ class LabelsResponse(BaseModel):
     total: int = Field(..., description="Distinct labels in the index (the list may be cut at `limit`).")
 
 
+class DuplicateHit(Hit):
+    hash_distance: int | None = Field(
+        ..., description="Perceptual-hash distance to the item (bits of 64; null: no hash)."
+    )
+    reason: str = Field(..., description="Why it is a near-duplicate: cosine, hash or cosine+hash.")
+
+
 class DuplicatesResponse(BaseModel):
     id: int
-    threshold: float
+    threshold: float = Field(..., description="Cosine similarity at or above which items are near-duplicates.")
+    hash_distance: int = Field(..., description="Hash distance at or below which hash_threshold suffices (-1: off).")
+    hash_threshold: float = Field(..., description="The lower cosine bar for items with a close hash.")
+    representative: int = Field(..., description="The most original-looking member (most pixels, colour, oldest).")
     group_size: int = Field(..., description="Items in the group, this one included (1: no near-duplicates).")
-    duplicates: list[Hit] = Field(..., description="The other members, by similarity to this item.")
+    duplicates: list[DuplicateHit] = Field(..., description="The other members, by similarity to this item.")
 
 
 class HealthResponse(BaseModel):
