@@ -19,9 +19,9 @@ from typing import Any
 from . import autoindex
 from ._version import __version__
 from .backbones import DEFAULT_BACKBONE, Backbone, create_backbone
-from .config import LIMITS
 from .config.autoindex import INDEX_AUTO_KEY, AutoIndexRecord, AutoIndexSpec
 from .config.embedding import EmbeddingSettings
+from .config.index import INDEX, ITEM_POOLINGS
 from .embed import Embedder, embedder_for_index, recorded_settings
 from .errors import IndexFormatError, SimsearchError
 from .sources import catalog_source, folder_source, merged_schema
@@ -43,7 +43,6 @@ from .sync import UpdateReport, sync
 log = logging.getLogger("simsearch")
 
 DEFAULT_INDEX_DIR = Path("indexes")
-COMMIT_EVERY = 2048
 
 __all__ = ["UpdateReport", "build_index", "check_backbone", "default_index_path", "run_build"]
 
@@ -96,18 +95,18 @@ def run_build(
     backbone: Backbone | str | None = None,
     index_factory: str | None = None,
     item_pooling: str | None = None,
-    prune: bool = False,
+    prune: bool = INDEX.prune,
     batch_size: int | None = None,
     workers: int | None = None,
     engine=None,
     precision: str | None = None,
     draft: bool | None = None,
-    max_pixels: int | None = LIMITS.max_pixels,
-    follow_symlinks: bool = False,
-    commit_every: int = COMMIT_EVERY,
+    max_pixels: int | None = INDEX.max_pixels,
+    follow_symlinks: bool = INDEX.follow_symlinks,
+    commit_every: int = INDEX.commit_every,
     progress: bool = False,
     embedder: Embedder | None = None,
-    strict: bool = False,
+    strict: bool = INDEX.strict,
     memory_budget: int | str | None = None,
     target_recall: float | None = None,
     engine_options: dict | None = None,
@@ -205,7 +204,7 @@ def _folders(roots, catalog) -> list[Path]:
 
 
 def _new_manifest(bb: Backbone, index_factory, item_pooling, memory_budget, target_recall):
-    auto = (index_factory or "auto").strip().lower() == "auto"  # decided at the end of the run (autoindex)
+    auto = (index_factory or INDEX.index_factory).strip().lower() == "auto"  # decided at the end of the run (autoindex)
     faiss_index, factory = new_faiss_index(bb.dim, DEFAULT_FACTORY if auto else index_factory)
     stamp = now()
     extra = dict(bb.extra)
@@ -233,9 +232,9 @@ def _new_manifest(bb: Backbone, index_factory, item_pooling, memory_budget, targ
 
 
 def _pooling(value: str | None) -> str:
-    value = (value or "max").lower()
-    if value not in ("max", "mean"):
-        raise SimsearchError(f"item pooling must be max or mean, not {value!r}")
+    value = (value or INDEX.item_pooling).lower()
+    if value not in ITEM_POOLINGS:
+        raise SimsearchError(f"item pooling must be one of {', '.join(ITEM_POOLINGS)}, not {value!r}")
     return value
 
 

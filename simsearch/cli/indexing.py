@@ -8,6 +8,7 @@ from ..autoindex import describe
 from ..backbones import DEFAULT_BACKBONE, create_backbone, list_backbones
 from ..config.autoindex import AutoIndexRecord
 from ..config.embedding import PRECISIONS
+from ..config.index import INDEX, ITEM_POOLINGS
 from ..embed import recorded_settings
 from ..engines import list_engines
 from ..index import build_index, open_index, verify_index
@@ -25,7 +26,7 @@ from ._common import command, main
 @click.option("--root", type=click.Path(file_okay=False), help="Folder the catalogue's image paths are relative to.")
 @click.option(
     "--item-pooling",
-    type=click.Choice(["max", "mean"]),
+    type=click.Choice(ITEM_POOLINGS),
     help="How an item with several photos is scored: its best photo, or their normalised mean [default: max].",
 )
 @click.option("--out", "-o", type=click.Path(), help="Index directory [default: indexes/<folder or catalogue name>].")
@@ -70,17 +71,19 @@ from ._common import command, main
 )
 @click.option("--workers", type=click.IntRange(1, 64), help="Decoder threads [default: one per core].")
 @click.option(
-    "--max-pixels", default=100_000_000, show_default=True, type=click.IntRange(1), help="Refuse larger images."
+    "--max-pixels", default=INDEX.max_pixels, show_default=True, type=click.IntRange(1), help="Refuse larger images."
 )
 @click.option(
     "--follow-symlinks/--no-follow-symlinks",
-    default=False,
+    default=INDEX.follow_symlinks,
     show_default=True,
     help="Follow symlinks inside the indexed folders (never to a place outside them).",
 )
 @click.option("--strict", is_flag=True, help="Fail (exit 1) if any file had to be skipped.")
 @click.option("--address", help="With --engine ray: the Ray cluster to use ('auto': the running one) [default: local].")
-@click.option("--commit-every", default=2048, type=click.IntRange(1), hidden=True, help="Save progress every N images.")
+@click.option(
+    "--commit-every", default=INDEX.commit_every, type=click.IntRange(1), hidden=True, help="Save every N photos."
+)
 @command
 def index_cmd(
     folders, catalog, root, item_pooling, out, backbone, arch, index_factory, memory_budget, target_recall, prune, engine, precision, draft,
