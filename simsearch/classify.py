@@ -167,9 +167,6 @@ def field_values(index: Index, field: str = CLASSIFY.field) -> dict[int, str]:
     return out
 
 
-_field_values = field_values  # the accessor's name in the plan
-
-
 def hit_value(hit, field: str = CLASSIFY.field) -> str | None:
     """The value of ``field`` of a search result: its label, or one of its attributes."""
     value = hit.label if field == "label" else (getattr(hit, "attributes", None) or {}).get(field)

@@ -281,3 +281,56 @@ def test_any_attribute_can_be_voted_on(color_index):
         assert ev.classes == ("cool", "warm") and ev.queries == 6 and ev.accuracy == 1.0
         with pytest.raises(SimsearchError, match=r"unknown field 'size'; the items of .* have: label, shade"):
             classify(idx, ["red/r1.png"], field="size")
+
+
+# ------------------------------------------------------------------------------ HTTP
+
+
+def test_http_classify_routes(colors_with_a_mistake):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("multipart")
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from simsearch.server import create_app
+
+    idx = colors_with_a_mistake
+    ids = ids_by_path(idx)
+    blue = [0.0, 0.0, 1.0] + [0.0] * (idx.manifest.dim - 3)
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (0, 0, 255)).save(buf, "PNG")
+    with TestClient(create_app(idx.path), base_url="http://localhost") as c:
+        # an indexed item: voted on by its neighbours, never by itself
+        r = c.get(f"/items/{ids['green/g4.png']}/classify", params={"k": 3})
+        assert r.status_code == 200, r.text
+        d = r.json()
+        assert (d["label"], d["confidence"], d["item_id"], d["k"]) == ("red", 1.0, ids["green/g4.png"], 3)
+        assert ids["green/g4.png"] not in [n["id"] for n in d["neighbors"]]
+        assert d["neighbors"][0]["thumbnail"].endswith(f"/items/{d['neighbors'][0]['id']}/thumbnail")
+        # JSON: vectors, then items by id or key, in that order
+        body = {"vectors": [blue], "items": [ids["red/r1.png"], "blue/b2.png"], "k": 3}
+        r = c.post("/classify", json=body)
+        assert r.status_code == 200, r.text
+        got = r.json()["results"]
+        assert [x["label"] for x in got] == ["blue", "red", "blue"]
+        assert [x["query"] for x in got] == ["vector 0", f"item {ids['red/r1.png']}", f"item {ids['blue/b2.png']}"]
+        # an uploaded image (embedded by the index's own backbone) and a raw image body
+        r = c.post("/classify", files={"image": ("b.png", buf.getvalue(), "image/png")}, data={"k": "3", "top": "2"})
+        assert r.status_code == 200, r.text
+        (x,) = r.json()["results"]
+        assert x["query"] == "image" and len(x["neighbors"]) == 3 and 1 <= len(x["votes"]) <= 2
+        r = c.post("/classify?k=2&min_confidence=0.9", content=buf.getvalue(), headers={"content-type": "image/png"})
+        assert r.status_code == 200 and len(r.json()["results"][0]["neighbors"]) == 2
+        # bad input: one clear message each
+        for method, url, kw, status, words in [
+            ("post", "/classify", {"json": {"k": 3}}, 422, "vectors and/or items"),
+            ("post", "/classify", {"json": {"items": [10**6]}}, 404, "no item with id 1000000"),
+            ("post", "/classify", {"json": {"vectors": [[1.0, 2.0]]}}, 400, "has 2 values"),
+            ("get", "/items/0/classify", {"params": {"field": "color"}}, 400, "unknown field 'color'"),
+            ("get", "/items/0/classify", {"params": {"k": 0}}, 422, "k"),
+            ("get", "/items/99999/classify", {}, 404, "no item"),
+            ("post", "/classify", {"files": {"image": ("x.png", b"not an image", "image/png")}}, 400, "bad image"),
+        ]:
+            r = getattr(c, method)(url, **kw)
+            assert r.status_code == status and words in r.json()["detail"], (url, kw, r.status_code, r.text)

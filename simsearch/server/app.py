@@ -30,7 +30,7 @@ from starlette.requests import ClientDisconnect
 from .._version import __version__
 from ..config.serve import ServeSpec
 from ..errors import ImageError, SimsearchError
-from . import api_items, api_search, api_service, api_writes
+from . import api_classify, api_items, api_search, api_service, api_writes
 from .errors import ApiError, describe_validation, error_body
 from .guard import BodyTooLargeError, Guard, RedactKeys
 from .models import BatchSearchRequest, ErrorResponse, RecommendRequest, SearchRequest
@@ -99,7 +99,7 @@ def create_app(
     )
     app.state.simsearch = state
     app.include_router(api_service.public)
-    for module in (api_search, api_writes, api_items, api_service):
+    for module in (api_search, api_writes, api_items, api_classify, api_service):
         app.include_router(module.router, dependencies=[Security(_api_key_scheme)], responses=_ERRORS)
     app.mount("/static", StaticFiles(directory=api_service.STATIC_DIR), name="static")
     assets = api_service.swagger_assets()
@@ -159,7 +159,7 @@ def _openapi(app: FastAPI):
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (SearchRequest, BatchSearchRequest, RecommendRequest):
+        for model in (SearchRequest, BatchSearchRequest, RecommendRequest, api_classify.ClassifyRequest):
             sub = model.model_json_schema(ref_template="#/components/schemas/{model}")
             for name, d in sub.pop("$defs", {}).items():
                 components.setdefault(name, d)
