@@ -149,7 +149,7 @@ def run_query_process(index_file, qfile, gtfile, single, mmap) -> dict:
 def make_simsearch_index(path: Path, index, ids: np.ndarray, dim: int) -> None:
     """A real simsearch index directory (manifest + metadata + FAISS) around ``index``, for `simsearch neighbors`."""
     from simsearch import __version__
-    from simsearch.index import FORMAT_VERSION, METRIC, Manifest, _Writer, writer_lock
+    from simsearch.store import FORMAT_VERSION, METRIC, GenerationWriter, Manifest, writer_lock
 
     now = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
     m = Manifest(
@@ -158,15 +158,24 @@ def make_simsearch_index(path: Path, index, ids: np.ndarray, dim: int) -> None:
         created=now, updated=now, simsearch_version=__version__, next_id=int(ids.max()) + 1,
     )  # fmt: skip
     with writer_lock(path):
-        w = _Writer(path, m, index, None)
-        rows = ((int(i), 0, f"c{int(i) % 102:03d}/{int(i):07d}.jpg", 0, 0, f"c{int(i) % 102:03d}") for i in ids)
-        w.db.executemany("INSERT INTO items(id, root, path, size, mtime_ns, label) VALUES (?,?,?,?,?,?)", rows)
-        w.dirty = True
+        w = GenerationWriter(path, m, index, None)
+        items = [(int(i), f"c{int(i) % 102:03d}/{int(i):07d}.jpg", {"label": f"c{int(i) % 102:03d}"}) for i in ids]
+        w.add_items(items)
+        w.db.executemany(  # the vectors are already in ``index``: only their metadata rows are written
+            "INSERT INTO photos(id, item, root, path, size, mtime_ns) VALUES (?,?,?,?,?,?)",
+            ((i, i, 0, key, 0, 0) for i, key, _ in items),
+        )
         w.commit()
         w.close()
 
 
 # ------------------------------------------------------------------------------ main
+
+
+def _cpu_count() -> int:
+    from simsearch.system import cpu_count
+
+    return cpu_count()
 
 
 def main() -> None:
@@ -196,13 +205,14 @@ def main() -> None:
     import faiss
 
     from simsearch import autoindex
+    from simsearch.config.autoindex import AutoIndexSpec
 
     base, labels = base_embeddings(args)
     dim = base.shape[1]
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-", dir=Path(args.cache_dir).expanduser()))
     work.mkdir(parents=True, exist_ok=True)
     results = {
-        "machine": {"cpus": os.cpu_count(), "faiss": faiss.__version__, "python": platform.python_version()},
+        "machine": {"cpus": _cpu_count(), "faiss": faiss.__version__, "python": platform.python_version()},
         "data": {"real": len(base), "classes": len(set(labels.tolist())), "dim": dim, "mix": args.mix,
                  "noise": args.noise, "seed": args.seed, "synthetic": True},
         "sizes": [],
@@ -251,9 +261,10 @@ def main() -> None:
 
         for name, budget in (("auto", None), (f"auto, memory-lean {args.lean_bytes} B/vector", args.lean_bytes * n)):
             t0 = time.perf_counter()
-            index, factory, rec = autoindex.build(
-                xb, ids, "auto", memory_budget=budget, target_recall=args.target_recall
+            index, record = autoindex.build(
+                xb, ids, "auto", AutoIndexSpec(memory_budget=budget, target_recall=args.target_recall)
             )
+            factory, rec = record.choice, record.to_dict()
             build_s = time.perf_counter() - t0
             f = str(work / f"auto-{n}-{budget or 0}.faiss")
             faiss.write_index(index, f)

@@ -246,7 +246,7 @@ def main() -> int:
         print(
             f"index {index}: {info['count']} items, backbone {info['backbone']}, dim {info['dim']}, "
             f"FAISS {info['index_factory']}; server pid {server.proc.pid} on http://{HOST}:{port}; "
-            f"{os.cpu_count()} CPUs shared by server and clients",
+            f"{__import__('simsearch.system').system.cpu_count()} CPUs shared by server and clients",
             file=sys.stderr,
         )
         for mode in modes:

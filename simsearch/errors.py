@@ -19,3 +19,15 @@ class IndexFormatError(SimsearchError):
 
 class IndexLockedError(SimsearchError):
     """Another process is writing to the index."""
+
+
+class FilterError(SimsearchError):
+    """A filter cannot be parsed or does not fit the attributes (unknown name, wrong type, syntax, too large)."""
+
+
+class SchemaError(SimsearchError):
+    """An attribute name, type or value does not fit the schema of an attribute table."""
+
+
+class CatalogError(SimsearchError):
+    """A catalogue file cannot be read: missing key or image column, duplicate keys, mixed column types..."""

@@ -71,21 +71,21 @@ def map_at_r(labels: np.ndarray, neighbors: np.ndarray) -> float:
 
 def retrieval_metrics(vectors: np.ndarray, labels: Sequence, ks: Sequence[int] = (1, 5, 10)) -> dict:
     """Leave-one-out Recall@k and MAP@R of ``vectors`` (unit rows) against each other, by exact search."""
-    labels = np.asarray([str(x) for x in labels])
-    if len(labels) != len(vectors):
+    names = np.asarray([str(x) for x in labels])
+    if len(names) != len(vectors):
         raise ValueError("one label per vector")
-    counts = Counter(labels.tolist())
-    if len(labels) < 2 or len(counts) < 2:
+    counts: Counter[str] = Counter(names.tolist())
+    if len(names) < 2 or len(counts) < 2:
         raise SimsearchError("evaluation needs at least two labelled items in at least two classes")
     k = max(max(ks), max(counts.values()) - 1)
     _, neighbors = exact_knn(vectors, vectors, k, exclude_self=True)
-    recalls = recall_at_k(labels, neighbors, ks)
+    recalls = recall_at_k(names, neighbors, ks)
     singletons = sum(1 for c in counts.values() if c == 1)
     return {
-        "items": len(labels),
+        "items": len(names),
         "classes": len(counts),
         **{f"recall@{k}": round(v, 4) for k, v in recalls.items()},
-        "map@r": round(map_at_r(labels, neighbors), 4),
+        "map@r": round(map_at_r(names, neighbors), 4),
         "singleton_classes": singletons,
     }
 
@@ -137,7 +137,7 @@ def evaluate_index(
         labels = {it.id: it.label for it in items}
     excluded = set(exclude_labels)
     usable = [i for i, lab in labels.items() if lab is not None and lab not in excluded]
-    chosen = select_classes([labels[i] for i in usable], classes)
+    chosen = select_classes([str(labels[i]) for i in usable], classes)
     ids = [i for i in usable if labels[i] in chosen]
     if not ids:
         raise SimsearchError("no labelled items to evaluate (labels come from folder names or --labels CSV)")

@@ -16,15 +16,13 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import SimsearchError
+from .faissops import is_exact_storage, prepare
+from .index import Index, open_index
 from .progress import progress_bar
-
-if TYPE_CHECKING:
-    from .index import Index
 
 FORMATS = ("parquet", "npy")
 MANIFEST_KEY = b"simsearch.manifest"
@@ -40,17 +38,8 @@ def text(value) -> str | None:
 
 
 def iter_items(index: Index, batch_size: int = 50_000) -> Iterator[list[tuple]]:
-    """Pages of ``(id, root index, path, size, mtime_ns, label)`` rows in id order (keyset pagination)."""
-    last = -1
-    while True:
-        rows = index._db.execute(
-            "SELECT id, root, path, size, mtime_ns, label FROM items WHERE id > ? ORDER BY id LIMIT ?",
-            (last, int(batch_size)),
-        ).fetchall()
-        if not rows:
-            return
-        yield rows
-        last = rows[-1][0]
+    """Pages of ``(photo id, root index, path, size, mtime_ns, label, key, attributes json)`` rows in id order."""
+    yield from index.snapshot.meta.photo_pages(batch_size)
 
 
 def reconstruct(index: Index, ids: np.ndarray) -> np.ndarray:
@@ -58,8 +47,6 @@ def reconstruct(index: Index, ids: np.ndarray) -> np.ndarray:
     try:
         return np.asarray(index.faiss.reconstruct_batch(ids), dtype=np.float32)
     except RuntimeError:
-        from .autoindex import prepare
-
         try:
             prepare(index.faiss)
             return np.asarray(index.faiss.reconstruct_batch(ids), dtype=np.float32)
@@ -81,6 +68,8 @@ def arrow_schema(dim: int, manifest_json: str | None = None):
             ("label", pa.string()),
             ("size", pa.int64()),
             ("mtime_ns", pa.int64()),
+            ("key", pa.string()),
+            ("attributes", pa.string()),
             ("vector", pa.list_(pa.float32(), dim)),
         ]
     )
@@ -106,6 +95,8 @@ def record_batches(index: Index, batch_size: int = 50_000, progress: bool = Fals
                 pa.array([text(r[5]) for r in rows], pa.string()),
                 pa.array([r[3] for r in rows], pa.int64()),
                 pa.array([r[4] for r in rows], pa.int64()),
+                pa.array([r[6] for r in rows], pa.string()),
+                pa.array([r[7] for r in rows], pa.string()),
                 pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1), pa.float32()), dim),
             ]
             bar.update(len(rows))
@@ -125,8 +116,6 @@ def export_index(
 ) -> dict:
     """Write ``index`` to ``out``: a ``.parquet`` file, or (``npy``) a folder with ``vectors.npy`` (n × dim
     float32), ``ids.npy``, ``items.csv`` and ``manifest.json``. Returns a summary dict."""
-    from .index import open_index
-
     if not isinstance(index, (str, Path)):
         return _export(index, Path(out), fmt, batch_size, progress, overwrite)
     with open_index(index) as idx:
@@ -187,14 +176,16 @@ def _write_npy(index: Index, folder: Path, batch_size: int, progress: bool) -> i
     bar = progress_bar(n, "exporting", unit="item", enabled=progress)
     with open(folder / "items.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["row", "id", "path", "root", "label", "size", "mtime_ns"])
+        w.writerow(["row", "id", "path", "root", "label", "size", "mtime_ns", "key", "attributes"])
         for rows in iter_items(index, batch_size):
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
             if pos + len(ids) > n:
                 raise SimsearchError(f"{index.path}: more metadata rows than vectors; run `simsearch verify`")
             vectors[pos : pos + len(ids)] = reconstruct(index, ids)
             ids_out[pos : pos + len(ids)] = ids
-            w.writerows([pos + j, r[0], text(r[2]), roots[r[1]], text(r[5]), r[3], r[4]] for j, r in enumerate(rows))
+            w.writerows(
+                [pos + j, r[0], text(r[2]), roots[r[1]], text(r[5]), r[3], r[4], r[6], r[7]] for j, r in enumerate(rows)
+            )
             pos += len(ids)
             bar.update(len(rows))
     bar.close()
@@ -214,8 +205,6 @@ def read_parquet_manifest(path: str | Path) -> dict | None:
 
 
 def _exact(index: Index) -> bool:
-    from .autoindex import is_exact_storage
-
     try:
         return bool(is_exact_storage(index.faiss))
     except Exception:

@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+from ._version import __version__
 from .errors import ImageError
+from .images import load_image
 
 if TYPE_CHECKING:
+    from .config import DuplicateRule
     from .duplicates import DuplicateGroup
     from .index import Index
     from .search import Hit
@@ -33,8 +36,6 @@ def thumbnail_jpeg(source, size: int = THUMB_SIZE, *, quality: int = 82, max_pix
     Raises :class:`~simsearch.errors.ImageError` when the image cannot be read.
     """
     from PIL import Image
-
-    from .images import load_image
 
     img = load_image(source, max_pixels=max_pixels, draft_size=size)
     img = img.copy() if img is source else img
@@ -115,10 +116,14 @@ def _card(
     )
 
 
+def _why(reason: str | None, hash_distance: int | None) -> str:
+    """A member's reason, e.g. 'hash · 2 bits' or 'cosine · hash 30 bits'."""
+    hd = "no hash" if hash_distance is None else f"hash {hash_distance} bits"
+    return f"{reason or 'chain'} · {hd}"
+
+
 def _page(title: str, subtitle: str, body: str) -> str:
     esc = html.escape
-    from . import __version__
-
     now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -182,35 +187,44 @@ def write_duplicates_gallery(
     out: str | Path,
     index: Index,
     groups: Sequence[DuplicateGroup],
-    threshold: float,
+    rule: DuplicateRule | float,
     *,
     max_groups: int = 200,
     thumb: int = 160,
     title: str | None = None,
 ) -> Path:
-    """Write groups of near-duplicates (largest first) as one HTML file; at most ``max_groups`` are shown."""
+    """Write groups of near-duplicates (largest first) as one HTML file; at most ``max_groups`` are shown. Each
+    member shows why it is in its group: cosine to the representative, hash distance, reason."""
     out = Path(out).expanduser()
     out_dir = out.parent
     sections = []
     for n, g in enumerate(groups[:max_groups], 1):
         cards = [
             _card(it.abspath, out_dir=out_dir, thumb=thumb, link=it.abspath,
-                  rank="representative" if i == 0 else f"id {it.id}", score=None if i == 0 else s,
+                  rank="representative" if i == 0 else _why(r, h), score=None if i == 0 else s,
                   label=it.label, path=it.path, item_id=it.id, css="query" if i == 0 else "")
-            for i, (it, s) in enumerate(zip(g.items, g.scores, strict=True))
+            for i, (it, s, h, r) in enumerate(zip(g.items, g.scores, g.hash_distances, g.reasons, strict=True))
         ]  # fmt: skip
+        wl = g.weakest
+        weakest = f", weakest link: {wl.score:.4f} {_why(wl.reason, wl.hash_distance)}" if wl else ""
         sections.append(
-            f'<section class="group"><h2>Group {n}: {g.size} items (lowest similarity to the representative '
-            f'{min(g.scores):.4f})</h2><div class="grid">{"".join(cards)}</div></section>'
+            f'<section class="group"><h2>Group {n}: {g.size} items ({g.linkage} linkage{html.escape(weakest)})</h2>'
+            f'<div class="grid">{"".join(cards)}</div></section>'
         )
     more = len(groups) - max_groups
     if more > 0:
         sections.append(f"<section><p>{more} more groups not shown (use --json or --csv for all).</p></section>")
     if not groups:
-        sections.append("<section><p>No near-duplicates at this threshold.</p></section>")
+        sections.append("<section><p>No near-duplicates under this rule.</p></section>")
     n_items = sum(g.size for g in groups)
+    if isinstance(rule, (int, float)):
+        what = f"similarity ≥ {rule}"
+    else:
+        what = f"similarity ≥ {rule.threshold}"
+        if rule.uses_hash:
+            what += f", or hash distance ≤ {rule.hash_distance} with similarity ≥ {rule.hash_threshold}"
     subtitle = (
-        f"index {index.path} · {len(groups)} groups, {n_items} items · similarity ≥ {threshold} "
+        f"index {index.path} · {len(groups)} groups, {n_items} items · {what} "
         f"(backbone {index.manifest.backbone}) · scores are similarities to each group's representative"
     )
     return _write(out, _page(title or "simsearch: near-duplicates", subtitle, "".join(sections)))

@@ -119,6 +119,7 @@ def _walk(root: Path, folder: Path, follow: bool, seen: set, report: Callable) -
                     if reason != "-":
                         report(info(entry.path, entry.stat(follow_symlinks=False)), reason)
                     continue
+                assert target is not None  # no reason: the link leads to a usable place
                 if target.is_dir():
                     tst = target.stat()
                     if (tst.st_dev, tst.st_ino) in seen:
@@ -215,12 +216,13 @@ def load_image(
         if isinstance(source, Image.Image):
             img = source
         else:
+            fp: io.BytesIO | Path
             if isinstance(source, (bytes, bytearray)):
                 fp = io.BytesIO(source)
             else:
                 name = str(source)
                 fp = Path(source)
-                if Path(source).is_dir():
+                if fp.is_dir():
                     raise ImageError(f"{name}: is a folder, not an image")
                 if fp.stat().st_size == 0:
                     raise ImageError(f"{name}: empty file (0 bytes)")

@@ -1,34 +1,35 @@
 """Precomputed item-to-item neighbours for offline recommendation.
 
 ``compute_neighbors(index, "neighbors.parquet", k=50)`` writes one row per (item, neighbour) pair:
-``item_id, item_path, neighbor_id, neighbor_path, rank, score`` for every item of the index, using the index's
+``item_id, item_path, neighbor_id, neighbor_path, rank, score, item_key, neighbor_key`` for every item of the index, using the index's
 own search (exact for a flat index, ANN with its tuned parameters otherwise). Items are processed in batches, so
 memory stays bounded by ``batch_size × k`` rows whatever the size of the index; output is streamed to Parquet
 (or CSV when ``out`` ends in ``.csv``). ``limit`` stops after that many items (a sample, e.g. for timing).
 
 * the item itself is left out of its own list (``self_exclude``, the default);
 * ``min_score`` drops neighbours scoring below it (lists may then be shorter than ``k``);
-* ``exclude_duplicates`` drops neighbours scoring at or above it (near-duplicates of the item).
+* ``exclude_duplicates`` drops the item's near-duplicates: neighbours scoring at or above it (a cosine), and those
+  whose perceptual hash is close with a cosine above the rule's lower bar (:mod:`simsearch.duplicates`: the same
+  pair rule as ``simsearch duplicates --threshold``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .config import DUPLICATES
+from .duplicates import make_rule, pair_hash_distances
 from .errors import SimsearchError
 from .export import iter_items, reconstruct, text
+from .index import Index, open_index
+from .phash import duplicate_mask
 from .progress import progress_bar
 
-if TYPE_CHECKING:
-    from .index import Index
-
-COLUMNS = ("item_id", "item_path", "neighbor_id", "neighbor_path", "rank", "score")
+COLUMNS = ("item_id", "item_path", "neighbor_id", "neighbor_path", "rank", "score", "item_key", "neighbor_key")
 
 
 def _schema():
@@ -42,6 +43,8 @@ def _schema():
             ("neighbor_path", pa.string()),
             ("rank", pa.int32()),
             ("score", pa.float32()),
+            ("item_key", pa.string()),
+            ("neighbor_key", pa.string()),
         ]
     )
 
@@ -55,15 +58,21 @@ def select_neighbors(
     self_exclude: bool = True,
     min_score: float | None = None,
     exclude_duplicates: float | None = None,
+    hash_distances: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """From raw search results (best first), keep up to ``k`` per row: returns (ids, scores, valid) ``(n, k)``."""
+    """From raw search results (best first), keep up to ``k`` per row: returns (ids, scores, valid) ``(n, k)``.
+
+    ``hash_distances`` (same shape, -1 unknown) lets ``exclude_duplicates`` also drop hash-close duplicates."""
     keep = ids >= 0
     if self_exclude:
         keep &= ids != query_ids[:, None]
     if min_score is not None:
         keep &= scores >= min_score
     if exclude_duplicates is not None:
-        keep &= scores < exclude_duplicates
+        if hash_distances is None:
+            keep &= scores < exclude_duplicates
+        else:
+            keep &= ~duplicate_mask(scores, hash_distances, make_rule(exclude_duplicates))
     order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept ones first, in their original order
     ids_k = np.take_along_axis(ids, order, 1)
     scores_k = np.take_along_axis(scores, order, 1)
@@ -76,11 +85,9 @@ def select_neighbors(
     return ids_k, scores_k, valid
 
 
-def _paths(index: Index, ids: np.ndarray) -> dict[int, str]:
-    rows = index._db.execute(
-        "SELECT id, path FROM items WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(ids.tolist()),)
-    )
-    return {int(i): text(p) for i, p in rows}
+def _paths(index: Index, ids: np.ndarray) -> dict[int, tuple[str, str]]:
+    """``{photo id: (path, item key)}``."""
+    return {pid: (text(path) or "", key) for pid, path, key in index.snapshot.meta.photo_rows(ids.tolist())}
 
 
 def compute_neighbors(
@@ -97,8 +104,6 @@ def compute_neighbors(
     limit: int | None = None,
 ) -> dict:
     """Write the item-to-item neighbour table of ``index`` to ``out`` (see the module docstring)."""
-    from .index import open_index
-
     if isinstance(index, (str, Path)):
         with open_index(index) as idx:
             return compute_neighbors(
@@ -118,6 +123,7 @@ def compute_neighbors(
         raise SimsearchError(f"{out} already exists: remove it or choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     n = len(index)
+    use_hash = DUPLICATES.uses_hash
     fetch = min(n, int(k) + (1 if self_exclude else 0) + (int(k) if exclude_duplicates is not None else 0))
     schema = _schema()
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -139,20 +145,24 @@ def compute_neighbors(
                 rows = rows[: limit - items]
             qids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
             qpaths = np.array([text(r[2]) for r in rows], dtype=object)
+            qkeys = np.array([r[6] for r in rows], dtype=object)
             if fetch == 0:
                 break
             ts = time.perf_counter()
             scores, found = index.faiss.search(reconstruct(index, qids), fetch)
             t_search += time.perf_counter() - ts
+            hd = pair_hash_distances(index, qids, found) if exclude_duplicates is not None and use_hash else None
             nid, nscore, valid = select_neighbors(
                 qids, found, scores, int(k), self_exclude=self_exclude, min_score=min_score,
-                exclude_duplicates=exclude_duplicates,
+                exclude_duplicates=exclude_duplicates, hash_distances=hd,
             )  # fmt: skip
             row_idx, col_idx = np.nonzero(valid)
             flat_ids = nid[row_idx, col_idx]
             uniq, inv = np.unique(flat_ids, return_inverse=True)
             lookup = _paths(index, uniq)
-            npaths = np.array([lookup.get(int(u)) for u in uniq], dtype=object)[inv] if len(uniq) else []
+            described = [lookup.get(int(u), (None, None)) for u in uniq]
+            npaths: np.ndarray | list = np.array([d[0] for d in described], dtype=object)[inv] if len(uniq) else []
+            nkeys: np.ndarray | list = np.array([d[1] for d in described], dtype=object)[inv] if len(uniq) else []
             ranks = np.cumsum(valid, axis=1)[row_idx, col_idx].astype(np.int32)
             batch = pa.RecordBatch.from_arrays(
                 [
@@ -162,6 +172,8 @@ def compute_neighbors(
                     pa.array(npaths, pa.string()),
                     pa.array(ranks),
                     pa.array(nscore[row_idx, col_idx].astype(np.float32)),
+                    pa.array(qkeys[row_idx], pa.string()),
+                    pa.array(nkeys, pa.string()),
                 ],
                 schema=schema,
             )

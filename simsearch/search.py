@@ -1,208 +1,508 @@
-"""Queries: resolve what the user gave (ids, paths, images, vectors) to a vector and search the index.
+"""Queries: resolve what the caller gave to vectors, search the snapshot, and return items (layer: query).
 
 search(index, "cat.jpg", k=10)              # a new image
-search(index, 123, k=10)                    # "more like this": the item itself is excluded
-search(index, [12, 40, "dog.jpg"], k=10)    # several items: mean of their normalised embeddings
+search(index, 123, k=10)                    # "more like this" by item id (or by key: "sku-1"); the item is excluded
+search(index, [12, 40, "dog.jpg"], k=10)    # several: mean of their normalised embeddings
+search(index, "cat.jpg", filter={"category": "shoes", "price": {"lt": 100}}, rules=Rules(max_per={"brand": 2}))
 recommend(index, positive=[12, 40], negative=[7], exclude=[12, 40], k=20)
+
+Results are items, never the same item twice; an item with several photos scores as its best photo (``max``)
+or as the normalised mean of its photos (``mean``, the index's ``item_pooling``). Filters give exactly the
+top k of the matching items: a FAISS id selector for selective filters, a bounded over-fetch for broad ones.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from .backbones import l2_normalize
+from .config import DUPLICATES, LIMITS
 from .errors import SimsearchError
+from .filters import compile_filter
+from .phash import NO_HASH, duplicate_mask, pair_distances
+from .store import Item, Snapshot
+from .store.live import LiveItem, LiveState
 
-if TYPE_CHECKING:
-    from .index import Index
+BROAD_FILTER = 0.3  # a filter matching at least this share of the photos over-fetches; narrower ones use a selector
+SUBSET_SEARCH_MAX = 50_000  # narrow filters on approximate indexes: exact search over the matching vectors
 
-MAX_K = 10_000
+
+class Searchable(Protocol):
+    """What searching needs of an opened index (:class:`simsearch.index.Index` is one)."""
+
+    @property
+    def snapshot(self) -> Snapshot: ...
+
+    def embed(self, images: Sequence) -> np.ndarray: ...
+
+    def resolve_item(self, ref) -> int | None: ...
+
+    def live_state(self) -> LiveState: ...
+
+    def item_vectors(self, item_id: int) -> np.ndarray | None: ...
 
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result."""
+    """One search result: an item."""
 
     rank: int
     id: int
     score: float
-    path: str
+    path: str  # of the photo that matched best, relative to its root
     label: str | None
     abspath: str
+    key: str = ""
+    attributes: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Business rules applied to the ranked items; each keeps returning k results while enough items match.
+
+    ``max_per``: at most N results per value of an attribute (diversity), e.g. ``{"brand": 2}``.
+    ``collapse_duplicates``: one result per group of near-duplicates: cosine at least this threshold, or a close
+    perceptual hash with the lower cosine bar of :data:`simsearch.config.DUPLICATES` (the duplicates pair rule).
+    ``fields``: the attributes each hit carries (None: all).
+    """
+
+    max_per: dict = field(default_factory=dict)
+    collapse_duplicates: float | None = None
+    fields: tuple[str, ...] | None = None
+
+
+NO_RULES = Rules()
 
 
 def _is_id(q) -> bool:
     return isinstance(q, (int, np.integer)) and not isinstance(q, bool)
 
 
-def resolve_query(index: Index, query) -> tuple[np.ndarray, set[int]]:
-    """Turn a query into one unit vector, plus the ids of indexed items it names (to exclude from results).
+def resolve_query(index: Searchable, query) -> tuple[np.ndarray, set[int]]:
+    """Turn a query into unit vectors ``(m, dim)``, plus the ids of indexed items it names (left out of results).
 
-    A query is an item id, a path (an indexed file is looked up, any other image file is embedded),
-    a PIL image, image bytes, a vector, or a list of these (the mean of their normalised embeddings).
+    A query is an item id, an item key, a path (an indexed file is looked up, any other image file is embedded),
+    a PIL image, image bytes, a vector, or a list of these (the mean of their normalised embeddings). A single
+    item with several photos gives one vector per photo (results are scored by the best of them).
     """
-    items = list(query) if isinstance(query, (list, tuple)) else [query]
-    if not items:
-        raise SimsearchError("empty query: give an image path, an item id, an image or a vector")
+    snap = index.live_state().snapshot
+    parts = list(query) if isinstance(query, (list, tuple)) else [query]
+    if not parts:
+        raise SimsearchError("empty query: give an image path, an item id or key, an image or a vector")
     vectors: list[np.ndarray] = []
     self_ids: set[int] = set()
     to_embed = []
-    for q in items:
-        if _is_id(q):
-            if not index.has_id(int(q)):
-                raise SimsearchError(f"no item with id {int(q)} in {index.path}")
-            vectors.append(index.vector(int(q)))
-            self_ids.add(int(q))
-        elif isinstance(q, np.ndarray):
-            v = np.asarray(q, dtype=np.float32)
-            if v.ndim != 1 or v.shape[0] != index.manifest.dim:
-                raise SimsearchError(f"a query vector must have shape ({index.manifest.dim},), not {v.shape}")
-            if not np.isfinite(v).all() or not np.any(v):
-                raise SimsearchError("a query vector must be finite and non-zero")
-            vectors.append(l2_normalize(v))
-        elif isinstance(q, (str, Path)):
-            item_id = index.id_for_path(q)
+    for q in parts:
+        if _is_id(q) or isinstance(q, (str, Path)):
+            item_id = index.resolve_item(q)
             if item_id is not None:
-                vectors.append(index.vector(item_id))
+                photos = index.item_vectors(item_id)
+                if photos is None:
+                    raise SimsearchError(f"item {q} has no vectors in {snap.path}")
+                vectors.append(photos if len(parts) == 1 else l2_normalize(photos.mean(axis=0))[None, :])
                 self_ids.add(item_id)
-            elif Path(q).expanduser().exists():
+            elif _is_id(q):
+                raise SimsearchError(f"no item with id {int(q)} in {snap.path}")
+            elif Path(q).expanduser().is_file():
                 to_embed.append(Path(q).expanduser())
             else:
-                raise SimsearchError(f"query image not found: {q}")
+                raise SimsearchError(f"query image not found: {q} (not an item key, an indexed file or an image file)")
+        elif isinstance(q, np.ndarray):
+            vectors.append(check_vector(q, snap.manifest.dim)[None, :])
         else:  # PIL image or bytes
             to_embed.append(q)
     if to_embed:
-        vectors.extend(index.embed(to_embed))
+        vectors.extend(v[None, :] for v in index.embed(to_embed))
+    if len(vectors) == 1:
+        return l2_normalize(vectors[0]), self_ids
     mean = np.mean(l2_normalize(np.vstack(vectors)), axis=0)
     if not np.any(mean):
         raise SimsearchError("the query items cancel out (their mean embedding is zero)")
-    return l2_normalize(mean), self_ids
+    return l2_normalize(mean)[None, :], self_ids
+
+
+def check_vector(v, dim: int) -> np.ndarray:
+    """A caller's query vector as a unit float32 vector; any finite non-zero vector of the right size is fine."""
+    v = np.asarray(v, dtype=np.float64)
+    if v.ndim != 1 or v.shape[0] != dim:
+        raise SimsearchError(f"a query vector must have shape ({dim},), not {v.shape}")
+    if not np.isfinite(v).all():
+        raise SimsearchError("a query vector must be finite")
+    scale = np.abs(v).max()
+    if scale == 0:
+        raise SimsearchError("a query vector must be non-zero")
+    v = v / scale  # large finite values would overflow float32 squares
+    return (v / np.linalg.norm(v)).astype(np.float32)
 
 
 def search(
-    index: Index,
+    index: Searchable,
     query,
     k: int = 10,
     *,
-    exclude: Iterable[int] = (),
+    exclude: Iterable = (),
     exclude_query: bool = True,
-    filter: dict | None = None,
+    filter=None,
+    rules: Rules = NO_RULES,
 ) -> list[Hit]:
-    """Nearest neighbours of ``query`` (see :func:`resolve_query`), best first.
+    """Nearest items of ``query`` (see :func:`resolve_query`), best first.
 
-    Indexed items named in the query are left out of the results unless ``exclude_query=False``.
+    Indexed items named in the query are left out of the results unless ``exclude_query=False``; ``exclude``
+    takes ids or keys. ``filter``: a dict or a ``--where`` string (see docs/filters.md).
     """
-    vector, self_ids = resolve_query(index, query)
-    skip = set(int(i) for i in exclude) | (self_ids if exclude_query else set())
-    return search_vectors(index, vector[None, :], k=k, exclude=skip, filter=filter)[0]
+    vectors, self_ids = resolve_query(index, query)
+    skip = _resolve_ids(index, exclude) | (self_ids if exclude_query else set())
+    return _search(index, vectors, k, skip, filter, rules)
 
 
 def recommend(
-    index: Index,
+    index: Searchable,
     positive: Sequence = (),
     negative: Sequence = (),
-    exclude: Iterable[int] = (),
+    exclude: Iterable = (),
     k: int = 20,
     *,
     negative_weight: float = 0.5,
-    filter: dict | None = None,
+    filter=None,
+    rules: Rules = NO_RULES,
 ) -> list[Hit]:
     """Items like the ``positive`` ones and unlike the ``negative`` ones (Rocchio: p - w·n), never ``exclude``.
 
-    Positives and negatives may be ids, paths, images or vectors; indexed ones never appear in the results.
+    Positives and negatives may be ids, keys, paths, images or vectors; indexed ones never appear in the results.
     """
     if not positive:
         raise SimsearchError("recommend needs at least one positive item")
     pos, pos_ids = resolve_query(index, list(positive))
-    query = pos
+    query = l2_normalize(pos.mean(axis=0))
     neg_ids: set[int] = set()
     if negative:
         neg, neg_ids = resolve_query(index, list(negative))
-        query = pos - float(negative_weight) * neg
-        if not np.any(query):
-            query = pos
-    skip = set(int(i) for i in exclude) | pos_ids | neg_ids
-    return search_vectors(index, l2_normalize(query)[None, :], k=k, exclude=skip, filter=filter)[0]
+        moved = query - float(negative_weight) * l2_normalize(neg.mean(axis=0))
+        if np.any(moved):
+            query = moved
+    skip = _resolve_ids(index, exclude) | pos_ids | neg_ids
+    return _search(index, l2_normalize(query)[None, :], k, skip, filter, rules)
 
 
 def search_vectors(
-    index: Index,
+    index: Searchable,
     vectors: np.ndarray,
     k: int = 10,
     *,
-    exclude: Iterable[int] = (),
-    filter: dict | None = None,
+    exclude: Iterable = (),
+    filter=None,
+    rules: Rules = NO_RULES,
 ) -> list[list[Hit]]:
-    """Batch search of unit vectors ``(n, dim)``; ``filter`` may hold ``label`` and/or ``path_prefix``."""
-    import faiss
-
-    vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
-    if vectors.shape[1] != index.manifest.dim:
-        raise SimsearchError(f"query vectors must have dim {index.manifest.dim}, not {vectors.shape[1]}")
-    k = int(k)
-    if not 1 <= k <= MAX_K:
-        raise SimsearchError(f"k must be between 1 and {MAX_K}, not {k}")
-    exclude = np.array(sorted(set(int(i) for i in exclude)), dtype=np.int64)
-    allowed = _filter_ids(index, filter)
-    n_candidates = len(index) if allowed is None else len(allowed)
-    k_eff = max(1, min(k, n_candidates))
-    if len(index) == 0 or n_candidates == 0:
-        return [[] for _ in range(len(vectors))]
-
-    selectors = []
-    if allowed is not None:
-        selectors.append(faiss.IDSelectorBatch(len(allowed), faiss.swig_ptr(allowed)))
-    if len(exclude):
-        selectors.append(faiss.IDSelectorNot(faiss.IDSelectorBatch(len(exclude), faiss.swig_ptr(exclude))))
-    sel = None
-    if len(selectors) == 1:
-        sel = selectors[0]
-    elif len(selectors) == 2:
-        sel = faiss.IDSelectorAnd(*selectors)
-    try:
-        if sel is None:
-            scores, ids = index.faiss.search(vectors, k_eff)
-        else:
-            scores, ids = index.faiss.search(vectors, k_eff, params=faiss.SearchParameters(sel=sel))
-    except RuntimeError:  # index types without selector support: over-fetch and filter
-        scores, ids = index.faiss.search(
-            vectors, min(len(index), k_eff + len(exclude) + 64 if allowed is None else len(index))
-        )
-        keep = ~np.isin(ids, exclude) & (ids >= 0)
-        if allowed is not None:
-            keep &= np.isin(ids, allowed)
-        scores = [s[m][:k_eff] for s, m in zip(scores, keep, strict=True)]
-        ids = [i[m][:k_eff] for i, m in zip(ids, keep, strict=True)]
-    del selectors  # the SWIG selectors must outlive the search call
-    return [_hits(index, row_ids, row_scores) for row_ids, row_scores in zip(ids, scores, strict=True)]
+    """Batch search: one result list per row of ``vectors`` ``(n, dim)`` (any finite non-zero rows)."""
+    snap = index.live_state().snapshot
+    arr = np.atleast_2d(np.asarray(vectors))
+    if arr.ndim != 2 or arr.shape[1] != snap.manifest.dim:
+        raise SimsearchError(f"query vectors must have dim {snap.manifest.dim}, not {arr.shape[-1]}")
+    skip = _resolve_ids(index, exclude)
+    rows = [check_vector(v, snap.manifest.dim)[None, :] for v in arr]
+    together = _search_rows(index, np.vstack(rows), k, skip, filter, rules) if len(rows) > 1 else None
+    if together is not None:
+        return together
+    return [_search(index, q, k, skip, filter, rules) for q in rows]
 
 
-def _hits(index: Index, ids: np.ndarray, scores: np.ndarray) -> list[Hit]:
-    valid = [(int(i), float(s)) for i, s in zip(ids, scores, strict=True) if i >= 0]
-    items = {it.id: it for it in index.items(i for i, _ in valid)}
+def _search_rows(
+    index: Searchable, rows: np.ndarray, k, skip: set[int], filter, rules: Rules
+) -> list[list[Hit]] | None:
+    """Independent rows in one FAISS call (an exact index reads its vectors once for all of them, as a matrix
+    product), when nothing calls for a search per row: one photo per item, no filter, no rules, no live items.
+    Gives what :func:`_search` gives each row; None when a row-by-row search is needed."""
+    k = _check_k(k)
+    live = index.live_state()
+    snap = live.snapshot
+    simple = snap.single_photo and live.matrix is None and rules == NO_RULES and snap.faiss.ntotal > 0
+    if not simple or allowed_items(snap, filter, live.schema) is not None:
+        return None
+    base_skip = skip | live.hidden
+    n = int(snap.faiss.ntotal)
+    skip_photos = snap.photos_of(base_skip) if base_skip else np.zeros(0, np.int64)
+    fetch = min(n, k + len(skip_photos))
+    scores, pids = snap.faiss.search(np.ascontiguousarray(rows, dtype=np.float32), fetch)
     out = []
-    for i, s in valid:
-        it = items.get(i)
-        if it is None:
-            continue
-        out.append(Hit(len(out) + 1, i, round(s, 6), it.path, it.label, str(it.abspath)))
+    for i in range(len(rows)):
+        ranked = _first_per_item(snap, scores[i : i + 1], pids[i : i + 1], None, base_skip)
+        if len(ranked) < k and fetch < n:  # fewer left than asked (rare): this row on its own, as _search would
+            out.append(_search(index, rows[i : i + 1], k, skip, filter, rules))
+        else:
+            out.append(_hits(snap, live, ranked[:k], rules.fields))
     return out
 
 
-def _filter_ids(index: Index, filter: dict | None) -> np.ndarray | None:
+def _resolve_ids(index: Searchable, refs: Iterable) -> set[int]:
+    out = set()
+    for r in refs:
+        item_id = index.resolve_item(r)
+        if item_id is not None:
+            out.add(item_id)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ the search
+
+
+def _check_k(k) -> int:
+    k = int(k)
+    if not 1 <= k <= LIMITS.max_k:
+        raise SimsearchError(f"k must be between 1 and {LIMITS.max_k}, not {k}")
+    return k
+
+
+def allowed_items(snap: Snapshot, filter, schema: dict | None = None) -> np.ndarray | None:
+    """Sorted ids of the stored items a filter lets through (None: no filter).
+
+    ``filter`` is a dict (keys with None or empty values are ignored; ``path_prefix`` matches photo paths)
+    or a ``--where`` string (see :mod:`simsearch.filters`); ``schema`` the attribute types including those of
+    live writes (default: the snapshot's).
+    """
+    if isinstance(filter, dict):
+        filter = {k: v for k, v in filter.items() if v is not None and v != "" and v != []}
     if not filter:
         return None
-    unknown = set(filter) - {"label", "path_prefix"}
-    if unknown:
-        raise SimsearchError(f"unknown filter keys {sorted(unknown)}; use label and/or path_prefix")
-    if filter.get("label") is None and not filter.get("path_prefix"):
-        return None
-    return index.ids_matching(label=filter.get("label"), path_prefix=filter.get("path_prefix"))
+    ids = None
+    if isinstance(filter, dict) and "path_prefix" in filter:  # photos' paths are not attributes
+        filter = dict(filter)
+        ids = snap.meta.items_with_path_prefix(str(filter.pop("path_prefix")))
+    if filter:
+        item_ids, table = snap.attribute_table()
+        compiled = compile_filter(filter, schema or snap.manifest.attributes)
+        matched = item_ids[compiled.mask(table)]
+        ids = matched if ids is None else np.intersect1d(ids, matched)
+    return ids
+
+
+def _search(index: Searchable, queries: np.ndarray, k, skip: set[int], filter, rules: Rules) -> list[Hit]:
+    k = _check_k(k)
+    live = index.live_state()  # first: it may switch the index to a newer generation
+    snap = live.snapshot
+    base_skip = skip | live.hidden
+    allowed = allowed_items(snap, filter, live.schema)
+    if allowed is not None and len(allowed) and base_skip:
+        allowed = allowed[~np.isin(allowed, np.fromiter(base_skip, dtype=np.int64))]
+    live_ranked = _live_ranked(live, queries, filter, skip)
+    want = k
+    while True:
+        ranked = (
+            []
+            if snap.faiss.ntotal == 0 or (allowed is not None and len(allowed) == 0)
+            else (_ranked(snap, queries, want, allowed, base_skip))
+        )
+        exhausted = len(ranked) < want
+        if snap.manifest.item_pooling == "mean" and not snap.single_photo:
+            ranked = _mean_pooled(snap, queries, ranked)
+        merged = sorted(ranked + live_ranked, key=lambda r: -r[1]) if live_ranked else ranked
+        kept = _apply_rules(snap, live, merged, rules, k)
+        if len(kept) >= k or exhausted:
+            break
+        want *= 2
+    return _hits(snap, live, kept[:k], rules.fields)
+
+
+def _live_ranked(live: LiveState, queries: np.ndarray, filter, skip: set[int]) -> list[tuple[int, float, int]]:
+    """The live segment's items by their best photo (exact: it is small)."""
+    if live.matrix is None or live.table is None:
+        return []
+    scores = (queries @ live.matrix.T).max(axis=0)
+    ids, table = live.table
+    ok = np.ones(len(ids), bool)
+    attr_filter = {k: v for k, v in filter.items() if k != "path_prefix"} if isinstance(filter, dict) else filter
+    if isinstance(filter, dict) and filter.get("path_prefix"):
+        ok[:] = False  # live items' photos are not under the index's roots
+    elif attr_filter:
+        ok &= compile_filter(attr_filter, live.schema).mask(table)
+    allowed = set(ids[ok].tolist()) - skip
+    best: dict[int, tuple[float, int]] = {}
+    photo_ids = np.concatenate([it.photo_ids for it in live.items.values()])  # the matrix's row order
+    owners = live.owners if live.owners is not None else np.zeros(0, np.int64)
+    for item, score, photo in zip(owners.tolist(), scores.tolist(), photo_ids.tolist(), strict=True):
+        if item in allowed and (item not in best or score > best[item][0]):
+            best[item] = (score, photo)
+    return sorted(((i, s, p) for i, (s, p) in best.items()), key=lambda r: -r[1])
+
+
+def _ranked(
+    snap: Snapshot, queries: np.ndarray, want: int, allowed: np.ndarray | None, skip: set[int]
+) -> list[tuple[int, float, int]]:
+    """The best ``want`` items (id, score, best photo id), exactly, by their best photo (max pooling)."""
+    import faiss
+
+    n = int(snap.faiss.ntotal)
+    per_item = 1 if snap.single_photo else math.ceil(n / max(1, snap.manifest.items)) + 1
+    params = None
+    allowed_photos = None
+    post_filter = False
+    skip_photos = snap.photos_of(skip) if skip else np.zeros(0, np.int64)
+    fetch = want * per_item + len(skip_photos)
+    if allowed is not None:
+        allowed_photos = snap.photos_of(allowed)
+        share = len(allowed_photos) / n
+        if share >= BROAD_FILTER:
+            post_filter = True
+            fetch = math.ceil(fetch / share * 1.2) + 16
+        elif not _is_flat(snap.faiss) and len(allowed_photos) <= SUBSET_SEARCH_MAX:
+            return _subset_ranked(snap, queries, want, allowed_photos)
+        else:
+            sel = faiss.IDSelectorBatch(len(allowed_photos), faiss.swig_ptr(allowed_photos))
+            params = faiss.SearchParameters()
+            params.sel = sel
+            fetch = want * per_item
+    while True:
+        fetch = min(fetch, n)
+        scores, pids = (
+            snap.faiss.search(queries, fetch) if params is None else snap.faiss.search(queries, fetch, params=params)
+        )
+        ranked = _first_per_item(snap, scores, pids, allowed_photos if post_filter else None, skip)
+        exhausted = fetch >= n or (allowed_photos is not None and params is not None and fetch >= len(allowed_photos))
+        if len(ranked) >= want or exhausted:
+            return ranked[:want]
+        fetch *= 2
+
+
+def _is_flat(index) -> bool:
+    import faiss
+
+    inner = faiss.downcast_index(index)
+    inner = faiss.downcast_index(getattr(inner, "index", inner))
+    return isinstance(inner, faiss.IndexFlat)
+
+
+def _subset_ranked(snap: Snapshot, queries: np.ndarray, want: int, photos: np.ndarray) -> list[tuple[int, float, int]]:
+    """Exact search over the vectors of a small matching subset (approximate indexes would come back short)."""
+    vecs = np.asarray(snap.faiss.reconstruct_batch(photos), dtype=np.float32)
+    scores = queries @ vecs.T
+    order = np.argsort(-scores, axis=1)
+    return _first_per_item(snap, np.take_along_axis(scores, order, 1), photos[order], None, set())[:want]
+
+
+def _first_per_item(snap: Snapshot, scores, pids, allowed_photos, skip: set[int]) -> list[tuple[int, float, int]]:
+    """Merge the rows of a multi-vector query and keep each item's best photo, best first."""
+    s, p = np.asarray(scores).ravel(), np.asarray(pids).ravel()
+    ok = p >= 0
+    if allowed_photos is not None:
+        ok &= np.isin(p, allowed_photos)
+    s, p = s[ok], p[ok]
+    order = np.argsort(-s, kind="stable")
+    s, p = s[order], p[order]
+    items = snap.items_of(p)
+    out, seen = [], set(skip)
+    for item, score, photo in zip(items.tolist(), s.tolist(), p.tolist(), strict=True):
+        if item >= 0 and item not in seen:
+            seen.add(item)
+            out.append((item, score, photo))
+    return out
+
+
+def _mean_pooled(snap: Snapshot, queries: np.ndarray, ranked: list) -> list[tuple[int, float, int]]:
+    """Re-score candidates by the normalised mean of their photos (``item_pooling: mean``)."""
+    if not ranked:
+        return ranked
+    vecs = snap.item_vectors([r[0] for r in ranked])
+    q = l2_normalize(queries.mean(axis=0))
+    rescored = [(item, float(l2_normalize(vecs[item].mean(axis=0)) @ q), photo) for item, _, photo in ranked]
+    return sorted(rescored, key=lambda r: -r[1])
+
+
+def _apply_rules(snap: Snapshot, live: LiveState, ranked: list, rules: Rules, k: int) -> list[tuple[int, float, int]]:
+    if not rules.max_per and rules.collapse_duplicates is None:
+        return ranked
+    counts: dict[tuple[str, object], int] = {}
+    attrs: dict[int, dict] = {}
+    if rules.max_per:
+        attrs = {it.id: it.attributes for it in snap.meta.items([r[0] for r in ranked])}
+        attrs.update({it.id: it.attributes for it in live.items.values()})
+    kept: list[tuple[int, float, int]] = []
+    kept_vecs: list[np.ndarray] = []
+    kept_hashes: list[int | None] = []
+    dup_rule = DUPLICATES
+    hashes: dict[int, int] = {}
+    if rules.collapse_duplicates is not None:
+        dup_rule = replace(DUPLICATES, threshold=float(rules.collapse_duplicates))
+        hashes = _photo_hashes(snap, ranked) if dup_rule.uses_hash else {}
+    for item, score, photo in ranked:
+        values = [(f, _hashable(attrs.get(item, {}).get(f))) for f in rules.max_per]
+        if any(counts.get(v, 0) >= int(rules.max_per[v[0]]) for v in values):
+            continue
+        if rules.collapse_duplicates is not None:
+            v = _photo_vector(snap, live, item, photo)
+            h = hashes.get(photo)
+            if kept_vecs and duplicate_mask(np.vstack(kept_vecs) @ v, _hash_distances(kept_hashes, h), dup_rule).any():
+                continue
+            kept_vecs.append(v)
+            kept_hashes.append(h)
+        for value in values:
+            counts[value] = counts.get(value, 0) + 1
+        kept.append((item, score, photo))
+        if len(kept) >= k:
+            break
+    return kept
+
+
+def _photo_hashes(snap: Snapshot, ranked: list) -> dict[int, int]:
+    """``{photo id: perceptual hash}`` of the ranked results' photos (those indexed with one)."""
+    items = snap.meta.items(sorted({int(r[0]) for r in ranked}))
+    return {p.id: p.phash for it in items for p in it.photos if p.phash is not None}
+
+
+def _hash_distances(kept: list[int | None], h: int | None) -> np.ndarray:
+    known = np.array([k is not None for k in kept], dtype=bool)
+    if h is None:
+        return np.full(len(kept), NO_HASH, dtype=np.int64)
+    d = pair_distances(np.array([k if k is not None else 0 for k in kept], dtype=np.int64), np.array(h, dtype=np.int64))
+    return np.where(known, d, NO_HASH)
+
+
+def _photo_vector(snap: Snapshot, live: LiveState, item: int, photo: int) -> np.ndarray:
+    for it in live.items.values():
+        if it.id == item:
+            return it.vectors[list(it.photo_ids).index(photo)]
+    return np.asarray(snap.faiss.reconstruct(int(photo)), dtype=np.float32)
+
+
+def _hashable(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _hits(snap: Snapshot, live: LiveState, ranked: list, fields: tuple[str, ...] | None) -> list[Hit]:
+    live_by_id: dict[int, LiveItem] = {it.id: it for it in live.items.values()}
+    stored: dict[int, Item] = {it.id: it for it in snap.meta.items([r[0] for r in ranked if r[0] not in live_by_id])}
+    out: list[Hit] = []
+    for item_id, score, photo_id in ranked:
+        if item_id in live_by_id:
+            li = live_by_id[item_id]
+            photo = li.photos[list(li.photo_ids).index(photo_id)] if photo_id in li.photo_ids else li.photos[0]
+            key, attributes, path, abspath = li.key, li.attributes, Path(photo).name, photo
+        elif item_id in stored:
+            it = stored[item_id]
+            p = next((p for p in it.photos if p.id == photo_id), it.photos[0] if it.photos else None)
+            key, attributes = it.key, it.attributes
+            path, abspath = (p.path, os.path.join(p.root, p.path)) if p else ("", "")
+        else:
+            continue
+        label = attributes.get("label")
+        out.append(
+            Hit(
+                rank=len(out) + 1,
+                id=item_id,
+                score=round(float(score), 6),
+                path=path,
+                label=None if label is None else str(label),
+                abspath=abspath,
+                key=key,
+                attributes=attributes if fields is None else {f: attributes.get(f) for f in fields},
+            )
+        )
+    return out

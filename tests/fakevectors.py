@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from simsearch.backbones import l2_normalize
+from simsearch.config.embedding import EmbeddingSettings
 from simsearch.embed import EmbeddedBatch
 
 
@@ -69,8 +70,8 @@ class VectorEmbedder:
     def dim(self) -> int:
         return self.backbone.dim
 
-    def settings(self) -> dict:
-        return {"engine": "torch", "precision": "fp32", "draft": False}
+    def settings(self) -> EmbeddingSettings:
+        return EmbeddingSettings(engine="torch", precision="fp32", draft=False)
 
     def embed(self, sources):
         return np.stack([vector_for(Path(s), self.dim, salt=self.salt) for s in sources])

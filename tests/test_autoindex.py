@@ -11,10 +11,12 @@ from click.testing import CliRunner
 from fakevectors import VectorEmbedder, vector_for, write_files
 
 import simsearch
-from simsearch import autoindex
+import simsearch.store
+from simsearch import autoindex, rebuild
 from simsearch.backbones import l2_normalize
 from simsearch.cli import main
-from simsearch.errors import SimsearchError
+from simsearch.config.autoindex import AutoIndexRecord, AutoIndexSpec, parse_size
+from simsearch.errors import IndexFormatError, SimsearchError
 from simsearch.index import build_index, verify_index
 
 
@@ -29,13 +31,13 @@ def clustered(n: int, dim: int, seed: int = 0, clusters: int = 30) -> np.ndarray
 
 
 def test_choose_exact_flat_for_small_collections():
-    plan = autoindex.choose(50_000, 1280)
+    plan = autoindex.plan(50_000, 1280)
     assert plan.factory == "Flat" and plan.family == "flat"
-    assert autoindex.choose(99_999, 512, 10**9).factory == "Flat"
+    assert autoindex.plan(99_999, 512, AutoIndexSpec(memory_budget=10**9)).factory == "Flat"
 
 
 def test_choose_ivf_with_exact_rerank_when_vectors_fit():
-    plan = autoindex.choose(1_000_000, 1280, memory_budget=12 * 10**9)
+    plan = autoindex.plan(1_000_000, 1280, AutoIndexSpec(memory_budget=12 * 10**9))
     assert plan.factory.startswith("IVF1024,PQ") and plan.factory.endswith(",RFlat")
     assert plan.bytes_per_vector > 4 * 1280
     assert plan.train_size and plan.train_size < 1_000_000
@@ -43,7 +45,7 @@ def test_choose_ivf_with_exact_rerank_when_vectors_fit():
 
 def test_choose_memory_lean_fits_the_budget():
     n = 1_000_000
-    plan = autoindex.choose(n, 1280, memory_budget=128 * n)
+    plan = autoindex.plan(n, 1280, AutoIndexSpec(memory_budget=128 * n))
     assert plan.factory.startswith("IVF1024,PQ")
     assert plan.bytes_per_vector <= 128
     assert "RFlat" not in plan.factory
@@ -51,19 +53,41 @@ def test_choose_memory_lean_fits_the_budget():
 
 def test_choose_budget_too_small_says_so():
     with pytest.raises(SimsearchError, match="memory-budget"):
-        autoindex.choose(1_000_000, 1280, memory_budget=10 * 10**6)
+        autoindex.plan(1_000_000, 1280, AutoIndexSpec(memory_budget=10 * 10**6))
 
 
 @pytest.mark.parametrize(
     ("text", "value"), [("128MB", 128 * 10**6), ("2GiB", 2 * 2**30), ("1.5G", 1_500_000_000), (4096, 4096)]
 )
 def test_parse_size(text, value):
-    assert autoindex.parse_size(text) == value
+    assert parse_size(text) == value
 
 
 def test_parse_size_rejects_nonsense():
     with pytest.raises(SimsearchError):
-        autoindex.parse_size("lots")
+        parse_size("lots")
+
+
+def test_record_reads_old_dicts_and_refuses_tampered_ones():
+    old = {  # as written by earlier versions (all 16 keys)
+        "requested": "auto", "memory_budget": None, "target_recall": 0.95, "flat_below": 1000,
+        "choice": "IDMap2,IVF64,PQ8,RFlat", "reason": "why", "built_for": 3000, "trained_on": 3000,
+        "estimated_bytes_per_vector": 160.0, "params": {"nprobe": 8, "k_factor": 4}, "recall_at_10": 0.97,
+        "recall_queries": 500, "ms_per_query_batched": 0.02, "train_seconds": 1.0, "add_seconds": 0.1,
+        "tune_seconds": 0.5,
+    }  # fmt: skip
+    rec = AutoIndexRecord.from_dict(old)
+    assert rec.to_dict() == old and rec.spec == AutoIndexSpec(None, 0.95, 1000)
+    fresh = {"requested": "auto", "memory_budget": 2 * 10**9, "target_recall": 0.9}
+    assert AutoIndexRecord.from_dict(fresh).to_dict() == fresh
+    assert AutoIndexRecord.new(AutoIndexSpec.from_options("2GB", 0.9)).to_dict() == fresh
+    changed = AutoIndexRecord.from_dict(fresh).with_settings(memory_budget="1GB")
+    assert (changed.memory_budget, changed.target_recall) == (10**9, 0.9)
+    for bad in ({**old, "params": {"nprobe": "8; rm -rf"}}, {**old, "built_for": -1}, {**old, "surprise": 1},
+                {**old, "target_recall": 7}, {**old, "params": {"bogus": 3}}, "auto", {**old, "choice": 5}):  # fmt: skip
+        with pytest.raises(IndexFormatError) as e:
+            AutoIndexRecord.from_dict(bad, "m.json")
+        assert "\n" not in str(e.value) and str(e.value).startswith("m.json")
 
 
 # ------------------------------------------------------------------------------ build and tune
@@ -73,10 +97,12 @@ def test_build_trains_on_a_sample_and_tunes_to_the_target():
     data = clustered(20_100, 32)
     x, q = data[:20_000], data[20_000:]  # fresh queries from the same distribution
     ids = np.arange(20_000, dtype=np.int64) * 7 + 3
-    index, factory, rec = autoindex.build(x, ids, "auto", flat_below=1000, target_recall=0.9, tuning_queries=200)
-    assert factory.startswith("IDMap2,IVF") and index.ntotal == 20_000
-    assert rec["trained_on"] <= 20_000 and rec["recall_at_10"] >= 0.9
-    assert autoindex.search_params(index)["nprobe"] == rec["params"]["nprobe"]
+    spec = AutoIndexSpec(flat_below=1000, target_recall=0.9, tuning_queries=200)
+    index, rec = autoindex.build(x, ids, "auto", spec)
+    assert rec.choice.startswith("IDMap2,IVF") and index.ntotal == 20_000
+    assert rec.trained_on <= 20_000 and rec.recall_at_10 >= 0.9
+    assert autoindex.search_params(index)["nprobe"] == rec.params["nprobe"]
+    assert AutoIndexRecord.from_dict(json.loads(json.dumps(rec.to_dict()))) == rec
     # recall on fresh queries, against exact search
     _, truth = autoindex.exact_neighbors(q, x, 10)
     _, found = index.search(q, 10)
@@ -88,16 +114,17 @@ def test_build_trains_on_a_sample_and_tunes_to_the_target():
 
 def test_tuning_reports_an_unreachable_target():
     x = clustered(12_000, 32)
-    _index, _, rec = autoindex.build(x, np.arange(12_000), "IVF64,PQ4x4", target_recall=0.999, tuning_queries=100)
-    assert rec["recall_at_10"] < 0.999  # 4-byte codes cannot: the best found is recorded
-    assert rec["params"]["nprobe"] >= 1
+    spec = AutoIndexSpec(target_recall=0.999, tuning_queries=100)
+    _index, rec = autoindex.build(x, np.arange(12_000), "IVF64,PQ4x4", spec)
+    assert rec.recall_at_10 < 0.999  # 4-byte codes cannot: the best found is recorded
+    assert rec.params["nprobe"] >= 1 and rec.requested == "IVF64,PQ4x4"
 
 
 @pytest.mark.parametrize("factory", ["IVF32,Flat", "IVF32,PQ8x4,RFlat", "PCAR32,IVF32,SQ8"])
 def test_remove_ids_keeps_the_id_mapping(factory):
     x = clustered(4000, 32)
     ids = np.arange(4000, dtype=np.int64) * 3 + 11
-    index, _, _ = autoindex.build(x, ids, factory, tuning_queries=50)
+    index, _ = autoindex.build(x, ids, factory, AutoIndexSpec(tuning_queries=50))
     autoindex.set_search_params(index, {"nprobe": 32, "k_factor": 8})
     drop = ids[::3]
     assert autoindex.remove_ids(index, drop)
@@ -120,7 +147,7 @@ def test_remove_ids_keeps_the_id_mapping(factory):
 
 
 def test_remove_ids_leaves_other_indexes_to_faiss():
-    index, _ = simsearch.index.new_faiss_index(8, "Flat")
+    index, _ = simsearch.store.new_faiss_index(8, "Flat")
     assert autoindex.remove_ids(index, np.array([1])) is False
 
 
@@ -146,6 +173,8 @@ def test_small_collection_stays_exact_flat(tmp_path, tiny_backbone):
         assert m.index_factory == "IDMap2,Flat"
         rec = m.extra["index_auto"]
         assert rec["requested"] == "auto" and rec["choice"] == "IDMap2,Flat" and rec["recall_at_10"] == 1.0
+        assert set(rec) == {"requested", "memory_budget", "target_recall", "choice", "reason", "built_for",
+                            "recall_at_10", "params"}  # fmt: skip
 
 
 def test_explicit_factory_is_not_automatic(tmp_path, tiny_backbone):
@@ -236,7 +265,7 @@ def test_rebuild_with_an_explicit_factory(tmp_path, tiny_backbone):
     write_files(root, 2000)
     out = tmp_path / "idx"
     build_index([root], out, embedder=VectorEmbedder(tiny_backbone))
-    r = autoindex.rebuild_index(out, "IVF16,Flat", target_recall=0.9)
+    r = rebuild.rebuild_index(out, "IVF16,Flat", target_recall=0.9)
     assert r["index_factory"] == "IDMap2,IVF16,Flat" and r["record"]["recall_at_10"] >= 0.9
     with simsearch.open_index(out) as idx:
         assert idx.manifest.index_factory == "IDMap2,IVF16,Flat"

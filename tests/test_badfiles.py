@@ -214,7 +214,7 @@ def test_non_utf8_names_round_trip(indexed):
         hits = idx.search(item.id, k=len(idx) - 1)
         assert rel not in {h.path for h in hits}  # the query item itself is excluded
     db = sqlite3.connect(out / read_manifest(out).metadata_file)
-    (stored,) = db.execute("SELECT path FROM items WHERE path = ?", (os.fsencode(rel),)).fetchone()
+    (stored,) = db.execute("SELECT path FROM photos WHERE path = ?", (os.fsencode(rel),)).fetchone()
     db.close()
     assert stored == os.fsencode(rel)  # the exact bytes, as a BLOB
     # the CLI prints it as its original bytes; JSON escapes it

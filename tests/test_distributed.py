@@ -7,7 +7,6 @@ import pytest
 from conftest import write_bad_image, write_image
 
 import simsearch
-from simsearch.distributed import RayEmbedder
 from simsearch.index import build_index, verify_index
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'simsearch[ray]'")
@@ -27,7 +26,7 @@ def test_ray_engine_gives_the_same_ids_and_vectors_as_the_local_engine(tmp_path,
     write_bad_image(root / "cls0" / "broken.jpg")
     local = build_index([root], tmp_path / "local", backbone=tiny_backbone, engine="torch", precision="fp32")
     remote = build_index(
-        [root], tmp_path / "ray", embedder=RayEmbedder(tiny_backbone, draft=True, batch_size=4, concurrency=2)
+        [root], tmp_path / "ray", backbone=tiny_backbone, engine="ray", batch_size=4, engine_options={"concurrency": 2}
     )
     assert (remote.added, remote.count) == (local.added, local.count) == (14, 14)
     assert [p for p, _ in remote.skipped] == [p for p, _ in local.skipped] == [str(root / "cls0" / "broken.jpg")]
@@ -39,8 +38,9 @@ def test_ray_engine_gives_the_same_ids_and_vectors_as_the_local_engine(tmp_path,
         assert ids_a.tolist() == ids_b.tolist()
         cos = np.sum(va * vb, axis=1)
         assert cos.min() >= 0.9999, cos
+        assert b.manifest.extra["embedding"] == {"engine": "torch", "precision": "fp32", "draft": True}
         assert b.manifest.extra["embedding"]["draft"] == a.manifest.extra["embedding"]["draft"]
     # incremental: only the new file goes through Ray
     write_image(root / "cls1" / "new.jpg", seed=99)
-    again = build_index([root], tmp_path / "ray", embedder=RayEmbedder(tiny_backbone, draft=True, batch_size=4))
+    again = build_index([root], tmp_path / "ray", backbone=tiny_backbone, engine="ray", batch_size=4)
     assert (again.added, again.unchanged, again.count) == (1, 14, 15)

@@ -15,8 +15,11 @@ from PIL import Image, ImageFilter
 
 import simsearch
 from simsearch import engines
+from simsearch.config.embedding import EmbeddingSettings
 from simsearch.embed import Embedder, recorded_settings
 from simsearch.engines import NumpyTransform, TorchEngine, create_engine
+from simsearch.engines import cache as ir_cache
+from simsearch.engines import openvino as ov_engine
 from simsearch.errors import SimsearchError
 from simsearch.images import draft_size_for, load_image
 from simsearch.index import MANIFEST, build_index
@@ -95,8 +98,8 @@ def test_torch_engine_takes_tensors_and_arrays(tiny_backbone):
 def test_engine_errors(tiny_backbone, monkeypatch):
     with pytest.raises(ValueError, match="engine"):
         create_engine(tiny_backbone, "onnx")
-    monkeypatch.setattr(engines, "OpenVINOEngine", _broken_engine)
-    monkeypatch.setattr(engines, "openvino_available", lambda: True)
+    monkeypatch.setattr(ov_engine, "OpenVINOEngine", _broken_engine)
+    monkeypatch.setattr(ov_engine, "openvino_available", lambda: True)
     assert create_engine(tiny_backbone, "auto").name == "torch"  # auto falls back
     with pytest.raises(simsearch.BackboneError, match="OpenVINO"):
         create_engine(tiny_backbone, "openvino")  # explicit does not
@@ -105,6 +108,36 @@ def test_engine_errors(tiny_backbone, monkeypatch):
 
 def _broken_engine(*args, **kwargs):
     raise RuntimeError("conversion failed")
+
+
+def test_a_registered_engine_is_made_by_name_with_its_options(image_folder, tmp_path, monkeypatch):
+    from simsearch.engines import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # restored after the test
+    made = []
+
+    class Tagged(TorchEngine):
+        name = "tagged"
+
+    def factory(backbone, precision, batch_size, **options):
+        made.append((precision, batch_size, options))
+        return Tagged(backbone, precision, batch_size)
+
+    engines.register_engine("tagged", factory)
+    assert "tagged" in engines.list_engines()
+    with pytest.raises(ValueError, match="already registered"):
+        engines.register_engine("tagged", factory)
+    with pytest.raises(ValueError, match="auto"):
+        engines.register_engine("auto", factory)
+    out = tmp_path / "index"
+    r = build_index(
+        [image_folder], out, backbone=TINY, engine="tagged", precision="fp32", batch_size=3,
+        engine_options={"flavour": "x"},
+    )  # fmt: skip
+    assert made == [("fp32", 3, {"flavour": "x"})]
+    assert r.embedding == {"engine": "tagged", "precision": "fp32", "draft": True}
+    with simsearch.open_index(out) as idx:
+        assert idx.embedder.engine.name == "tagged"  # query time makes the recorded engine by name
 
 
 # ----------------------------------------------------------------------------- OpenVINO
@@ -145,7 +178,7 @@ def test_openvino_model_is_cached_on_disk(tiny_backbone, tmp_path, monkeypatch):
     def no_conversion(*a, **k):
         raise AssertionError("converted again instead of using the cache")
 
-    monkeypatch.setattr(engines, "_convert", no_conversion)
+    monkeypatch.setattr(ir_cache, "convert", no_conversion)
     second = create_engine(tiny_backbone, "openvino", "fp32")
     np.testing.assert_allclose(second(x), first(x), atol=1e-6)
 
@@ -280,7 +313,7 @@ def test_embedder_batch_size_defaults_to_the_engine(tiny_backbone):
     assert e.batch_size == e.engine.batch_size
     assert Embedder(tiny_backbone, engine="torch", batch_size=5).batch_size == 5
     settings = Embedder(tiny_backbone, engine="torch", precision="fp32", draft=True).settings()
-    assert settings == {"engine": "torch", "precision": "fp32", "draft": True}
+    assert settings == EmbeddingSettings(engine="torch", precision="fp32", draft=True)
 
 
 # ----------------------------------------------------------------------------- index time == query time
@@ -299,7 +332,7 @@ def test_index_time_and_query_time_vectors_agree(real_backbone, tmp_path):
     with simsearch.open_index(out) as idx:
         stored = np.vstack([idx.vector(idx.id_for_path(f)) for f in files])
         fresh = idx.embed([Image.open(f) for f in files])  # images, so they are embedded, not looked up
-        assert idx.embedder.settings() == settings
+        assert idx.embedder.settings().to_dict() == settings
         np.testing.assert_allclose(fresh, stored, atol=1e-5)
         idx.set_backbone(real_backbone)  # the manifest's weights digest and preprocessing check passes
         np.testing.assert_allclose(idx.embed([Image.open(f) for f in files]), stored, atol=1e-5)
@@ -315,7 +348,7 @@ def test_query_uses_the_settings_recorded_at_index_time(image_folder, tmp_path):
     m = json.loads((out / MANIFEST).read_text())
     assert m["extra"]["embedding"] == {"engine": "torch", "precision": "fp32", "draft": False}
     with simsearch.open_index(out) as idx:
-        assert idx.embedder.settings() == {"engine": "torch", "precision": "fp32", "draft": False}
+        assert idx.embedder.settings().to_dict() == {"engine": "torch", "precision": "fp32", "draft": False}
         some = next(iter(idx.items()))
         np.testing.assert_allclose(idx.embed([Image.open(some.abspath)])[0], idx.vector(some.id), atol=1e-5)
     # an update keeps them (auto = the recorded ones); explicitly different ones are refused
@@ -336,10 +369,10 @@ def test_indexes_without_recorded_settings_use_the_reference(image_folder, tmp_p
     m = json.loads((out / MANIFEST).read_text())
     del m["extra"]["embedding"]  # as written before the settings were recorded
     (out / MANIFEST).write_text(json.dumps(m))
-    assert recorded_settings(m["extra"], m["count"]) == {"engine": "torch", "precision": "fp32", "draft": False}
+    assert recorded_settings(m["extra"], m["count"]) == EmbeddingSettings("torch", "fp32", draft=False)
     assert recorded_settings({}, 0) is None
     with simsearch.open_index(out) as idx:
-        assert idx.embedder.settings() == {"engine": "torch", "precision": "fp32", "draft": False}
+        assert idx.embedder.settings() == EmbeddingSettings("torch", "fp32", draft=False)
 
 
 def test_cli_engine_options(image_folder, tmp_path):

@@ -33,7 +33,7 @@ def test_parquet_export_has_every_item_and_its_exact_vector(flat_index, tmp_path
     r = export_index(flat_index, tmp_path / "items.parquet", batch_size=128)  # several batches
     assert r["items"] == 600 and r["format"] == "parquet" and r["exact_vectors"]
     t = pq.read_table(tmp_path / "items.parquet")
-    assert t.column_names == ["id", "path", "root", "label", "size", "mtime_ns", "vector"]
+    assert t.column_names == ["id", "path", "root", "label", "size", "mtime_ns", "key", "attributes", "vector"]
     assert t.schema.field("vector").type == pa.list_(pa.float32(), flat_index.manifest.dim)
     ids, vectors = flat_index.vectors()
     assert t["id"].to_pylist() == ids.tolist()

@@ -19,8 +19,8 @@ import simsearch
 from simsearch import SimsearchError
 from simsearch.cli import main
 from simsearch.evaluate import retrieval_metrics
+from simsearch.finetuning import checkpoint, losses, train
 from simsearch.finetuning import data as ftdata
-from simsearch.finetuning import losses, train
 
 FAST = dict(backbone=TINY, batch_size=16, per_class=4, workers=0, views=2, batch_size_infer=32)
 
@@ -122,7 +122,7 @@ def test_save_checkpoint_round_trip_reproduces_embeddings(tmp_path, tiny_backbon
             p.add_(torch.randn_like(p) * 0.1)
     head = torch.nn.Linear(256, 32)
     card = {"arch": tiny_backbone.arch, "data_config": tiny_backbone.data_config, "head": {"in": 256, "out": 32}}
-    train.save_checkpoint(tmp_path / "ck", model, head, card)
+    checkpoint.save_checkpoint(tmp_path / "ck", model, head, card)
     bb = simsearch.create_backbone(str(tmp_path / "ck"))
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():

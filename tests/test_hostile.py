@@ -23,10 +23,10 @@ from badfiles import IS_ROOT, make_tiny_checkpoint, small_jpegs
 from click.testing import CliRunner
 
 import simsearch
-from simsearch import index as index_mod
 from simsearch.cli import main
 from simsearch.errors import BackboneError, IndexFormatError, SimsearchError
 from simsearch.index import MANIFEST, build_index, open_index, read_manifest, verify_index
+from simsearch.store import generation as index_mod
 
 SRC = Path(simsearch.__file__).parent
 
@@ -140,7 +140,7 @@ def test_changed_preprocessing_is_refused(idx, base, tmp_path):
 def test_item_paths_leading_out_of_the_root_are_refused(idx):
     m = read_manifest(idx)
     db = sqlite3.connect(idx / m.metadata_file)
-    db.execute("UPDATE items SET path = '../../../../etc/passwd' WHERE id = 1")
+    db.execute("UPDATE photos SET path = '../../../../etc/passwd' WHERE id = 1")
     db.commit()
     db.close()
     problems, _ = verify_index(idx)
@@ -297,7 +297,7 @@ FAILURES = {
     "manifest write": lambda mp: mp.setattr(
         index_mod, "atomic_write_text", _manifest_write_fails(index_mod.atomic_write_text)
     ),
-    "fsync": lambda mp: mp.setattr(index_mod, "_fsync_file", _enospc),
+    "fsync": lambda mp: mp.setattr(index_mod, "fsync_file", _enospc),
 }
 
 

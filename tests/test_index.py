@@ -15,17 +15,9 @@ from conftest import TINY, bump_mtime, write_bad_image, write_image, write_trunc
 
 import simsearch
 from simsearch import IndexFormatError, IndexLockedError, Manifest, SimsearchError, open_index
-from simsearch.index import (
-    DEFAULT_INDEX_DIR,
-    FORMAT_VERSION,
-    MANIFEST,
-    build_index,
-    default_index_path,
-    label_from_path,
-    read_manifest,
-    verify_index,
-    writer_lock,
-)
+from simsearch.build import DEFAULT_INDEX_DIR, default_index_path
+from simsearch.index import MANIFEST, build_index, read_manifest, verify_index, writer_lock
+from simsearch.store import FORMAT_VERSION, label_from_path
 
 EXPECTED = {
     "birds/b1.jpg": "birds",

@@ -41,7 +41,16 @@ def test_every_row_equals_exact_search(flat_index, tmp_path):
     r = compute_neighbors(flat_index, tmp_path / "nn.parquet", k=10, batch_size=64)  # several batches
     assert r["items"] == len(flat_index) and r["rows"] == 10 * len(flat_index)
     t = pq.read_table(tmp_path / "nn.parquet")
-    assert t.column_names == ["item_id", "item_path", "neighbor_id", "neighbor_path", "rank", "score"]
+    assert t.column_names == [
+        "item_id",
+        "item_path",
+        "neighbor_id",
+        "neighbor_path",
+        "rank",
+        "score",
+        "item_key",
+        "neighbor_key",
+    ]
     rows = table_by_item(tmp_path / "nn.parquet")
     for item_id in flat_index.ids()[::7]:
         expected = flat_index.search(int(item_id), k=10)  # "more like this": the item itself is excluded
@@ -82,7 +91,7 @@ def test_cli_and_csv(flat_index, tmp_path):
     res = runner.invoke(main, ["neighbors", str(flat_index.path), "--out", str(tmp_path / "n.csv"), "-k", "3", "-q"])
     assert res.exit_code == 0, res.output
     lines = (tmp_path / "n.csv").read_text().splitlines()
-    assert lines[0].replace('"', "") == "item_id,item_path,neighbor_id,neighbor_path,rank,score"
+    assert lines[0].replace('"', "") == "item_id,item_path,neighbor_id,neighbor_path,rank,score,item_key,neighbor_key"
     assert len(lines) == 1 + 3 * len(flat_index)
 
 

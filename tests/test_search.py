@@ -162,7 +162,7 @@ def test_filter_by_label_and_path_prefix(built_index):
     assert combined == []  # d1 (the query) and d2 (excluded) are the only items labelled dogs
     assert search(built_index, 0, filter={"label": "no-such-label"}) == []
     assert search(built_index, 0, k=3, filter={"label": None, "path_prefix": None}) == search(built_index, 0, k=3)
-    with pytest.raises(SimsearchError, match="unknown filter keys"):
+    with pytest.raises(SimsearchError, match="unknown attribute"):
         search(built_index, 0, filter={"colour": "red"})
 
 

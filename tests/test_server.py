@@ -7,6 +7,7 @@ behaviour, not retrieval quality (an uploaded copy of an indexed image still fin
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ from conftest import LAYOUT, TINY, copy_file, pattern_image, write_image, write_
 from PIL import Image
 
 import simsearch
+from simsearch.config import DUPLICATES
 from simsearch.index import build_index
 
 pytest.importorskip("fastapi")
@@ -25,6 +27,12 @@ pytest.importorskip("multipart")
 from fastapi.testclient import TestClient
 
 from simsearch.server import ServiceState, create_app
+
+LOCAL = "http://localhost"  # a Host the service answers by default (TestClient's own "testserver" is not)
+
+
+def local(app, **kw) -> TestClient:
+    return TestClient(app, base_url=LOCAL, **kw)
 
 
 def _make_collection(root):
@@ -45,7 +53,7 @@ def index_path(tmp_path_factory, _register_tiny_backbone):
 
 @pytest.fixture(scope="module")
 def client(index_path):
-    with TestClient(create_app(index_path)) as c:
+    with local(create_app(index_path)) as c:
         yield c
 
 
@@ -100,14 +108,21 @@ def test_health_info_docs_and_page(client, idx):
     assert info["server"]["max_upload_bytes"] == 20 * 1024 * 1024 and info["server"]["max_k"] == 1000
     assert info["server"]["reload"] is False
     spec = client.get("/openapi.json").json()
-    for path in ["/search", "/search/batch", "/recommend", "/items/{item_id}", "/items/{item_id}/similar",
-                 "/items/{item_id}/thumbnail", "/items/{item_id}/duplicates", "/health", "/info", "/admin/reload"]:  # fmt: skip
+    for path in ["/search", "/search/batch", "/recommend", "/items/{item}", "/items/{item}/similar",
+                 "/items/{item}/thumbnail", "/items/{item}/image", "/items/{item}/vector", "/items/{item}/duplicates",
+                 "/labels", "/health", "/info", "/admin/reload"]:  # fmt: skip
         assert path in spec["paths"], path
     body = spec["paths"]["/search"]["post"]["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} <= set(body)
     assert "vector" in spec["components"]["schemas"]["SearchRequest"]["properties"]
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    # offline: every script and style sheet of the docs page is served by the app itself, none from a CDN
+    assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert assets and all(a.startswith("/") and not a.startswith("//") for a in assets), assets
+    for a in assets:
+        assert client.get(a).status_code == 200, a
+    assert "cdn" not in docs.text.lower()
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert 'id="file-input"' in page.text and 'src="static/app.js"' in page.text and '<base href="/">' in page.text
@@ -132,14 +147,23 @@ def test_item_metadata(client, idx):
 
 
 @pytest.mark.parametrize("item", ["999", "-1", "abc", "1.5", str(2**64)])
-def test_unknown_or_invalid_item_id(client, item):
+def test_unknown_items(client, item):
+    """A path names an item by id (digits) or by key (anything else): unknown ones are 404."""
     r = client.get(f"/items/{item}")
-    if item == "999":
-        _assert_error(r, 404, "not_found", "no item with id 999")
-    else:
-        _assert_error(r, 422, "invalid_request")
-    for sub in ("similar", "thumbnail", "duplicates"):
-        assert client.get(f"/items/{item}/{sub}").status_code == (404 if item == "999" else 422)
+    _assert_error(r, 404, "not_found", "no item with id 999" if item == "999" else f"no item with key '{item}'")
+    for sub in ("similar", "thumbnail", "duplicates", "vector", "image"):
+        assert client.get(f"/items/{item}/{sub}").status_code == 404
+
+
+def test_items_by_key(client, idx):
+    i = _id(idx, "dogs/puppies/p1.jpg")
+    key = idx.item(i).key
+    assert client.get(f"/items/{key.replace('/', '%2F')}").status_code in (200, 404)  # (a key with a slash)
+    by_id = client.get(f"/items/{i}/similar", params={"k": 3}).json()
+    r = client.post("/recommend", json={"positive": [key], "k": 3})
+    assert r.status_code == 200 and i not in [h["id"] for h in r.json()["results"]]
+    assert [h["id"] for h in r.json()["results"]] == [h["id"] for h in by_id["results"]]
+    _assert_error(client.post("/recommend", json={"positive": ["no-such-key", 999]}), 404, words="id 999 or key")
 
 
 def test_thumbnail_is_a_resized_jpeg(client, idx):
@@ -161,14 +185,17 @@ def test_thumbnail_serves_only_indexed_files(tmp_path, _register_tiny_backbone):
     write_image(root / "a/two.jpg", 2)
     secret = write_image(tmp_path / "outside/secret.jpg", 3)
     build_index([root], tmp_path / "index", backbone=TINY, workers=1)
-    with TestClient(create_app(tmp_path / "index")) as c, simsearch.open_index(tmp_path / "index") as idx:
+    with local(create_app(tmp_path / "index")) as c, simsearch.open_index(tmp_path / "index") as idx:
         one, two = _id(idx, "a/one.jpg"), _id(idx, "a/two.jpg")
         assert c.get(f"/items/{one}/thumbnail").status_code == 200
         (root / "a/one.jpg").unlink()
-        _assert_error(c.get(f"/items/{one}/thumbnail"), 404, "not_found", "no longer exists")
+        _assert_error(c.get(f"/items/{one}/thumbnail"), 404, "not_found", "missing")
+        _assert_error(c.get(f"/items/{one}/image"), 404, "not_found", "missing")
         (root / "a/two.jpg").unlink()
         (root / "a/two.jpg").symlink_to(secret)
         _assert_error(c.get(f"/items/{two}/thumbnail"), 404, "not_found")
+        _assert_error(c.get(f"/items/{two}/image"), 404, "not_found", "outside")
+        assert str(tmp_path) not in c.get(f"/items/{two}/image").text  # no server paths in messages
         # there is no route that takes a path
         assert c.get("/thumbnail", params={"path": str(secret)}).status_code == 404
         assert c.get(f"/items/{secret}/thumbnail").status_code in (404, 422)
@@ -184,7 +211,7 @@ def test_similar_excludes_the_item_and_filters(client, idx):
     assert res[0]["path"] == "copies/c1_copy.jpg" and res[0]["score"] == pytest.approx(1.0, abs=1e-4)
     scores = [h["score"] for h in res]
     assert scores == sorted(scores, reverse=True)
-    assert set(res[0]) == {"rank", "id", "score", "path", "label", "thumbnail"}
+    assert set(res[0]) == {"rank", "id", "score", "path", "label", "key", "attributes", "thumbnail", "image"}
     dogs = client.get(f"/items/{i}/similar", params={"k": 10, "label": "dogs"}).json()["results"]
     assert dogs and {h["label"] for h in dogs} == {"dogs"}
     two = client.get(f"/items/{i}/similar", params=[("k", 10), ("label", "dogs"), ("label", "birds")]).json()
@@ -209,6 +236,7 @@ def test_search_by_vector(client, idx):
     assert body["results"][0]["id"] == i and body["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
     ex = client.post("/search", json={"vector": vec, "k": 3, "exclude": [i]}).json()["results"]
     assert i not in [h["id"] for h in ex]
+    _assert_error(client.post("/search", json={"vector": vec, "filter": {"colour": "red"}}), 400, words="colour")
     cats = client.post("/search", json={"vector": vec, "k": 9, "filter": {"label": "cats"}}).json()["results"]
     assert len(cats) == 3 and {h["label"] for h in cats} == {"cats"}
 
@@ -225,7 +253,6 @@ def test_search_by_vector(client, idx):
         ({"vector": [1.0], "k": 1001}, 422, "k"),
         ({"vector": [1.0], "k": 0}, 422, "k"),
         ({"vector": [1.0], "k": "many"}, 422, "k"),
-        ({"vector": [1.0], "filter": {"colour": "red"}}, 422, "colour"),
         ({"vector": [1.0], "exclude": [-1]}, 422, "exclude"),
         ({"vector": [1.0], "exclude": [2**70]}, 422, "exclude"),
         ({"vector": [1.0], "unknown": 1}, 422, "unknown"),
@@ -338,7 +365,7 @@ def test_upload_k_limits(client, k, status):
 def test_upload_size_and_pixel_limits(index_path):
     big = _jpeg_bytes(size=(400, 300))
     app = create_app(index_path, max_upload_bytes=len(big) // 2, max_pixels=200 * 150)
-    with TestClient(app) as c:
+    with local(app) as c:
         _assert_error(c.post("/search", files={"image": ("big.jpg", big)}), 413, "too_large", "limit")
         _assert_error(c.post("/search", content=big, headers={"content-type": "image/jpeg"}), 413, "too_large")
 
@@ -406,13 +433,17 @@ def test_duplicates_of_an_item(client, idx):
     r = client.get(f"/items/{orig}/duplicates")
     assert r.status_code == 200
     body = r.json()
-    assert body["id"] == orig and body["group_size"] == 2 and body["threshold"] == pytest.approx(0.9)
+    assert body["id"] == orig and body["group_size"] == 2 and body["threshold"] == DUPLICATES.threshold
+    assert body["hash_distance"] == DUPLICATES.hash_distance and body["representative"] in (orig, copy)
     assert [h["id"] for h in body["duplicates"]] == [copy]
     assert body["duplicates"][0]["score"] == pytest.approx(1.0, abs=1e-4)
-    lonely = client.get(f"/items/{_id(idx, 'birds/b1.jpg')}/duplicates", params={"threshold": 0.9999}).json()
+    assert body["duplicates"][0]["reason"] == "cosine+hash" and body["duplicates"][0]["hash_distance"] <= 2
+    params = {"threshold": 0.9999, "hash_distance": -1}
+    lonely = client.get(f"/items/{_id(idx, 'birds/b1.jpg')}/duplicates", params=params).json()
     assert lonely["group_size"] == 1 and lonely["duplicates"] == []
     for t in (0, -0.5, 1.01, "high"):
         _assert_error(client.get(f"/items/{orig}/duplicates", params={"threshold": t}), 422, words="threshold")
+    _assert_error(client.get(f"/items/{orig}/duplicates", params={"hash_distance": 65}), 422, words="hash_distance")
 
 
 # ------------------------------------------------------------------------------ API key
@@ -420,7 +451,7 @@ def test_duplicates_of_an_item(client, idx):
 
 def test_api_key_required_everywhere_but_health(index_path, idx):
     i = _id(idx, "cats/c1.jpg")
-    with TestClient(create_app(index_path, api_key="s3cret")) as c:
+    with local(create_app(index_path, api_key="s3cret")) as c:
         assert c.get("/health").status_code == 200
         routes = [("get", "/info"), ("get", f"/items/{i}"), ("get", f"/items/{i}/similar"),
                   ("get", f"/items/{i}/thumbnail"), ("get", f"/items/{i}/duplicates"), ("get", "/docs"),
@@ -447,24 +478,34 @@ def test_api_key_required_everywhere_but_health(index_path, idx):
 
 
 def test_serve_command_options(monkeypatch, index_path):
+    """`simsearch serve` passes a ServeSpec whose defaults are the ServeSpec's own."""
     from click.testing import CliRunner
 
     import simsearch.server
     from simsearch.cli import main
+    from simsearch.config import SERVE
 
     calls = []
-    monkeypatch.setattr(simsearch.server, "serve", lambda path, **kw: calls.append((path, kw)))
-    monkeypatch.setenv("SIMSEARCH_API_KEY", "from-env")
+    monkeypatch.setattr(simsearch.server, "serve", lambda path, spec, **kw: calls.append((path, spec, kw)))
+    monkeypatch.setenv(SERVE.api_key_env, "from-env")
     r = CliRunner().invoke(main, ["serve", str(index_path), "--port", "0"])
     assert r.exit_code == 0, r.output
-    path, kw = calls[-1]
-    assert path == str(index_path) and kw["host"] == "127.0.0.1" and kw["api_key"] == "from-env"
-    assert kw["allow_reload"] is False and kw["max_upload_bytes"] == 20 * 1024 * 1024
-    r = CliRunner().invoke(main, ["serve", str(index_path), "--api-key", "k2", "--watch", "2", "--max-upload-mb", "1"])
+    path, spec, kw = calls[-1]
+    assert path == str(index_path) and kw["api_key"] == "from-env"
+    assert spec.host == SERVE.host == "127.0.0.1" and spec.port == 0 and spec.preload is True
+    assert spec.allow_reload is False and spec.max_upload_bytes == SERVE.max_upload_bytes == 20 * 1024 * 1024
+    assert spec.max_pixels == SERVE.max_pixels and spec.allowed_hosts == () and spec.expose_paths is False
+    assert spec.hosts() >= {"127.0.0.1", "localhost", "::1"}
+    args = ["serve", str(index_path), "--api-key", "k2", "--watch", "2", "--max-upload-mb", "1", "--host", "10.0.0.5",
+            "--allowed-hosts", "photos.example,10.0.0.5", "--allowed-hosts", "*.lan", "--expose-paths"]  # fmt: skip
+    r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
-    _, kw = calls[-1]
-    assert kw["api_key"] == "k2" and kw["allow_reload"] is True and kw["watch_seconds"] == 2
-    assert kw["max_upload_bytes"] == 1024 * 1024
+    _, spec, kw = calls[-1]
+    assert kw["api_key"] == "k2" and spec.allow_reload is True and spec.watch_seconds == 2
+    assert spec.max_upload_bytes == 1024 * 1024 and spec.expose_paths is True
+    assert spec.allowed_hosts == ("photos.example", "10.0.0.5", "*.lan") and "localhost" not in spec.hosts()
+    help_text = CliRunner().invoke(main, ["serve", "--help"]).output
+    assert "--allowed-hosts" in help_text and "--expose-paths" in help_text and "20.0" in help_text
 
 
 def test_serve_refuses_a_missing_index(tmp_path):
@@ -512,7 +553,7 @@ def writable_index(tmp_path, index_path):
 
 def test_reload_serves_a_newer_index(writable_index):
     root, out = writable_index
-    with TestClient(create_app(out, allow_reload=True)) as c:
+    with local(create_app(out, allow_reload=True)) as c:
         before = c.get("/health").json()
         assert c.post("/admin/reload").json() == {"reloaded": False, **{k: before[k] for k in ("generation", "count")}}
         write_image(root / "fish/f1.jpg", 42)
@@ -532,7 +573,7 @@ def test_reload_off_by_default(client):
 
 def test_watch_reloads_when_the_index_changes(writable_index):
     root, out = writable_index
-    with TestClient(create_app(out, watch_seconds=0.1)) as c:
+    with local(create_app(out, watch_seconds=0.1)) as c:
         write_image(root / "fish/f2.jpg", 43)
         build_index([root], out, backbone=TINY, workers=1)
         deadline = time.time() + 15
@@ -595,27 +636,32 @@ def test_concurrent_searches_during_reloads(writable_index):
     assert not errors, errors[:3]
 
 
-def test_batcher_coalesces_waiting_queries(idx):
-    """Queries waiting together are searched in one FAISS call, and each gets the rows of a search of its own."""
-    from concurrent.futures import Future
+def test_searcher_coalesces_waiting_queries(idx):
+    """Searches waiting together are answered by one index search, and each gets the hits of a search of its own."""
+    from simsearch.backbones import l2_normalize
+    from simsearch.config import BatchSpec
+    from simsearch.searcher import Searcher
 
-    from simsearch.server.batching import SearchBatcher
-
-    _, vecs = idx.vectors()
-    batcher = SearchBatcher()
-    futures = []
-    for n, v in enumerate(vecs):
-        fut: Future = Future()
-        batcher._queue.put((idx, v, 1 + n % 4, fut))  # queued before the worker starts: one batch
-        futures.append(fut)
-    batcher._ensure_worker()
+    ids, vecs = idx.vectors()
+    vecs = l2_normalize(vecs)
+    gate = threading.Event()
+    searcher = Searcher(BatchSpec(linger_s=0.0, workers=1), on_start=gate.wait)  # waits until all are queued
+    futures = [searcher.submit(idx, v, 1 + n % 4) for n, v in enumerate(vecs)]
+    excluding = searcher.submit(idx, vecs[0], 3, exclude=[int(ids[0])])
+    filtered = searcher.submit(idx, vecs[0], 9, filter={"label": "cats"})
+    gate.set()
     for n, (v, fut) in enumerate(zip(vecs, futures, strict=True)):
-        scores, got = fut.result(timeout=30)
-        want_scores, want = idx.faiss.search(v[None, :], 1 + n % 4)
-        assert got.tolist() == want[0].tolist() and np.allclose(scores, want_scores[0], atol=1e-5)
-    assert batcher.batches == 1 and batcher.queries == len(vecs)
-    assert batcher.search(idx, vecs[0], 2)[1].shape == (2,)  # and one at a time
-    batcher.close()
+        want = idx.search_vectors(v[None, :], k=1 + n % 4)[0]
+        got = fut.result(timeout=30)
+        assert [h.id for h in got] == [h.id for h in want]
+        assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-5)
+    ex = excluding.result(timeout=30)
+    assert [h.rank for h in ex] == [1, 2, 3] and int(ids[0]) not in [h.id for h in ex]
+    assert {h.label for h in filtered.result(timeout=30)} == {"cats"}
+    # the unfiltered ones (a few excluded ids are over-fetched and dropped) in one search, the filtered one apart
+    assert searcher.batches == 2 and searcher.queries == len(vecs) + 2
+    assert len(searcher.search(idx, vecs[0], 2)) == 2  # and one at a time
+    searcher.close()
 
 
 def test_service_searches_match_the_library(index_path, idx):
@@ -626,18 +672,19 @@ def test_service_searches_match_the_library(index_path, idx):
     try:
         for i in idx.ids().tolist():
             v = idx.vector(i)
-            for exclude in ([], [i], idx.ids()[:3].tolist()):
-                for flt in (None, {"label": "cats"}):
+            for exclude in ([], [i], idx.ids()[:3].tolist(), list(range(300))):
+                for flt in (None, {"label": "cats"}, {"label": ["cats", "dogs"], "path_prefix": "cats/"}):
                     with state.index() as index:
-                        rows = state.nearest(index, v / np.linalg.norm(v), 4, exclude=exclude, filter=flt)
+                        got = state.searcher.search(index, v / np.linalg.norm(v), 4, exclude=exclude, filter=flt)
                     hits = search(idx, v, k=4, exclude=exclude, filter=flt)
-                    assert [r[1] for r in rows] == pytest.approx([h.score for h in hits], abs=1e-5)
-                    assert not set(exclude) & {r[0] for r in rows}
-                    for r in rows:
-                        it = idx.item(r[0])
-                        assert (r[2], r[3]) == (it.path, it.label) and (not flt or it.label == "cats")
+                    assert [h.score for h in got] == pytest.approx([h.score for h in hits], abs=1e-5)
+                    assert [h.rank for h in got] == list(range(1, len(got) + 1))
+                    assert not set(exclude) & {h.id for h in got}
+                    for h in got:
+                        it = idx.item(h.id)
+                        assert (h.path, h.label) == (it.path, it.label) and (not flt or it.label == "cats")
                     if len({round(h.score, 4) for h in hits}) == len(hits):  # no ties: the same ids in order
-                        assert [r[0] for r in rows] == [h.id for h in hits]
+                        assert [h.id for h in got] == [h.id for h in hits]
     finally:
         state.close()
 
@@ -675,6 +722,7 @@ def test_no_bad_input_gives_a_500(client, idx):
         ("post", "/search", {"content": b"\x00" * 100, "headers": {"content-type": "image/png"}}),
         ("post", "/search", {"content": b"GIF89a" + b"\xff" * 30, "headers": {"content-type": "image/gif"}}),
         ("post", "/search", {"json": {"vector": [1e308] * idx.manifest.dim}}),
+        ("post", "/search/batch", {"json": {"vectors": [[1e38] * idx.manifest.dim]}}),
         ("post", "/search", {"json": {"vector": [1.0] * 70000}}),
         ("post", "/search", {"json": {"vector": [1.0], "filter": "cats"}}),
         ("post", "/search", {"json": {"vector": [1.0], "filter": {"label": 5}}}),
@@ -706,7 +754,7 @@ def test_library_example_for_a_backend(index_path):
     from fastapi import FastAPI
 
     backend = FastAPI()
-    backend.mount("/similar-images", create_app(index_path))
+    backend.mount("/similar-images", create_app(index_path, allowed_hosts=("testserver",)))
     with TestClient(backend) as c:
         assert c.get("/similar-images/health").json()["status"] == "ok"
         hit = c.get("/similar-images/items/0/similar", params={"k": 1}).json()["results"][0]

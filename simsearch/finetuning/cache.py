@@ -20,6 +20,7 @@ import os
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -156,15 +157,30 @@ class FeatureCache:
             p = np.zeros((len(files), 0), np.float32)
         return h, p, failed
 
-    def _compute(self, paths, files, *, view, model, data_config, aug, batch_size, workers, precision, progress, desc):
+    def _compute(
+        self,
+        paths: Sequence[Path],
+        files: Sequence[Path],
+        *,
+        view: int,
+        model: Any,
+        data_config: dict,
+        aug: dict | None,
+        batch_size: int,
+        workers: int,
+        precision: str,
+        progress: bool,
+        desc: str,
+    ) -> dict[int, str]:
         if view == 0:
             from timm.data import create_transform
 
             transform = create_transform(**data_config, is_training=False)
             seeds = None
         else:
+            aug = aug or {}
             transform = augment_transform(data_config, **{k: v for k, v in aug.items() if k != "seed"})
-            seeds = [zlib.crc32(f"{aug['seed']}:{view}:{f.name}".encode()) for f in files]
+            seeds = [zlib.crc32(f"{aug.get('seed')}:{view}:{f.name}".encode()) for f in files]
         prefix, suffix = Prefix(model, self.cut), Suffix(model, self.cut)
         model.eval()
         ds = ImageDataset(paths, transform, data_config["input_size"], seeds)

@@ -5,30 +5,26 @@ connected component under the "similar" relation (similar is taken as transitive
 when they share a group, and known dissimilar when their groups are different classes or when some pair marked
 0 joins their two components; anything else is unknown and never used by the losses.
 
-Everything here is checked before any model is loaded, so bad input fails fast with a clear message.
+Everything here is checked before any model is loaded, so bad input fails fast with a clear message. The files
+(CSV, class folders) are read by :mod:`.readers`.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import SimsearchError
-from ..evaluate import select_classes
+from .readers import read_labels, read_pairs
 
 log = logging.getLogger("simsearch")
 
-LABEL_COLUMNS = {"path", "label"}
-PAIR_COLUMNS = {"left", "right", "label"}
-OPTIONAL_COLUMNS = {"split"}
-TRAIN_SPLITS = {"", "train", "training"}
-VAL_SPLITS = {"val", "valid", "validation", "dev"}
 MIN_GROUP_IMAGES = 2
 
 
@@ -52,7 +48,8 @@ class TrainingData:
         if self.kind == "classes":
             return ga != gb
         g = len(self.group_names)
-        return np.isin(np.minimum(ga, gb) * g + np.maximum(ga, gb), self.negative_groups)
+        negative = self.negative_groups if self.negative_groups is not None else np.zeros(0, np.int64)
+        return np.isin(np.minimum(ga, gb) * g + np.maximum(ga, gb), negative)
 
     def digest(self) -> str:
         """SHA-256 over the training and validation images (path, size, mtime), their groups and the pairs."""
@@ -85,166 +82,6 @@ class TrainingData:
             out["train_pairs"] = len(self.pairs)
             out["train_similar_pairs"] = int(self.pairs[:, 2].sum())
         return out
-
-
-# ------------------------------------------------------------------------------------------ reading
-
-
-def _read_csv(path: Path, required: set[str], what: str) -> list[dict]:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            fields = [c.strip() for c in (reader.fieldnames or [])]
-            allowed = required | OPTIONAL_COLUMNS
-            if not required <= set(fields):
-                raise SimsearchError(
-                    f"{path}: a {what} CSV needs a header with columns {','.join(sorted(required))} "
-                    f"(found {','.join(fields) or 'no header'})"
-                )
-            unknown = [c for c in fields if c not in allowed]
-            if unknown:
-                raise SimsearchError(
-                    f"{path}: unknown column(s) {', '.join(unknown)}; a {what} CSV has "
-                    f"{','.join(sorted(required))} and optionally split"
-                )
-            rows = []
-            for n, row in enumerate(reader, start=2):
-                row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
-                if any(not row.get(c) for c in required):
-                    raise SimsearchError(f"{path}, line {n}: empty {', '.join(c for c in required if not row.get(c))}")
-                row["_line"] = n
-                rows.append(row)
-    except OSError as e:
-        raise SimsearchError(f"cannot read {what} file {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise SimsearchError(f"{path}: not a UTF-8 text CSV file") from None
-    if not rows:
-        raise SimsearchError(f"{path}: no rows")
-    return rows
-
-
-def _resolve(p: str, root: Path) -> Path:
-    q = Path(p).expanduser()
-    return (q if q.is_absolute() else root / q).resolve()
-
-
-def _check_exist(paths: list[Path], where: str) -> None:
-    missing = sorted({str(p) for p in paths if not p.is_file()})
-    if missing:
-        shown = "\n  ".join(missing[:5])
-        more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise SimsearchError(f"{where}: {len(missing)} image file(s) not found:\n  {shown}{more}")
-
-
-def _split_of(row: dict, where: str) -> str | None:
-    """'train', 'val', or None for rows of another split (e.g. test), which are left out."""
-    s = row.get("split", "").lower()
-    if s in TRAIN_SPLITS:
-        return "train"
-    if s in VAL_SPLITS:
-        return "val"
-    return None
-
-
-def read_labels(
-    csv_path: str | Path | None = None,
-    folder: str | Path | None = None,
-    root: str | Path | None = None,
-    *,
-    exclude_labels=(),
-    classes: str = "all",
-) -> tuple[list[Path], list[str], list[str | None]]:
-    """Labelled images from a ``path,label[,split]`` CSV or from class folders: (paths, labels, splits).
-
-    ``splits`` holds 'train'/'val' from a split column (None without one); rows of other splits (e.g. 'test')
-    are left out. Relative CSV paths are taken relative to ``root`` (default: the CSV's folder).
-    """
-    excluded = set(exclude_labels)
-    if csv_path is not None:
-        csv_path = Path(csv_path)
-        rows = _read_csv(csv_path, LABEL_COLUMNS, "labels")
-        base = Path(root).expanduser() if root else csv_path.parent
-        has_split = any("split" in r for r in rows)
-        kept, other = [], Counter()
-        for r in rows:
-            split = _split_of(r, str(csv_path)) if has_split else None
-            if has_split and split is None:
-                other[r.get("split", "")] += 1
-                continue
-            kept.append((_resolve(r["path"], base), r["label"], split))
-        if other:
-            log.info(
-                "%s: left out %s (only train and val rows are used)",
-                csv_path,
-                ", ".join(f"{n} rows with split={s}" for s, n in sorted(other.items())),
-            )
-        _check_exist([p for p, _, _ in kept if p.name], str(csv_path))
-        where = str(csv_path)
-    elif folder is not None:
-        from ..images import scan
-        from ..index import label_from_path
-
-        folder = Path(folder).expanduser()
-        if not folder.is_dir():
-            raise SimsearchError(f"folder not found: {folder}")
-        kept, loose = [], 0
-        for f in scan([folder]):
-            label = label_from_path(f.relpath)
-            if label is None:
-                loose += 1
-                continue
-            kept.append((f.path.resolve(), label, None))
-        if loose:
-            log.warning("%s: %d image(s) directly in the folder have no class and are left out", folder, loose)
-        where = str(folder)
-    else:
-        raise SimsearchError("give training data: a class folder, --labels CSV or --pairs CSV")
-    kept = [k for k in kept if k[1] not in excluded]
-    chosen = select_classes([k[1] for k in kept], classes)
-    kept = [k for k in kept if k[1] in chosen]
-    seen: dict[Path, str] = {}
-    out = []
-    for p, label, split in kept:
-        if p in seen:
-            if seen[p] != label:
-                raise SimsearchError(f"{where}: {p} is labelled both {seen[p]!r} and {label!r}")
-            continue
-        seen[p] = label
-        out.append((p, label, split))
-    if not out:
-        raise SimsearchError(f"{where}: no labelled images to train on")
-    return [p for p, _, _ in out], [lab for _, lab, _ in out], [s for _, _, s in out]
-
-
-def read_pairs(csv_path: str | Path, root: str | Path | None = None) -> tuple[list[tuple[Path, Path, int]], list]:
-    """Pairs from a ``left,right,label[,split]`` CSV (label 1: similar, 0: not): (pairs, splits)."""
-    csv_path = Path(csv_path)
-    rows = _read_csv(csv_path, PAIR_COLUMNS, "pairs")
-    base = Path(root).expanduser() if root else csv_path.parent
-    has_split = any("split" in r for r in rows)
-    out, splits, other = [], [], 0
-    truthy, falsy = {"1", "true", "yes", "similar", "same"}, {"0", "-1", "false", "no", "dissimilar", "different"}
-    for r in rows:
-        value = r["label"].lower()
-        if value not in truthy | falsy:
-            raise SimsearchError(
-                f"{csv_path}, line {r['_line']}: label must be 1 (similar) or 0 (dissimilar), not {r['label']!r}"
-            )
-        split = _split_of(r, str(csv_path)) if has_split else None
-        if has_split and split is None:
-            other += 1
-            continue
-        a, b = _resolve(r["left"], base), _resolve(r["right"], base)
-        if a == b:
-            continue
-        out.append((a, b, int(value in truthy)))
-        splits.append(split)
-    if other:
-        log.info("%s: left out %d rows of other splits (only train and val rows are used)", csv_path, other)
-    _check_exist([p for a, b, _ in out for p in (a, b)], str(csv_path))
-    if not any(y for _, _, y in out):
-        raise SimsearchError(f"{csv_path}: no similar pairs (label 1); fine-tuning needs some")
-    return out, splits
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -343,12 +180,13 @@ def build_from_labels(
         val = _holdout(groups, np.arange(len(paths)), holdout, val_fraction, rng)
         train = np.setdiff1d(np.arange(len(paths)), val)
         how = holdout
-    _check_sizes(groups, train, val, names)
+    check_sizes(groups, train, val, names)
     src = {**(source or {}), "validation": how, "classes": len(names)}
     return TrainingData("classes", paths, groups, names, train, val, source=src)
 
 
-def _check_sizes(groups, train, val, names) -> None:
+def check_sizes(groups: np.ndarray, train: np.ndarray, val: np.ndarray, names: list[str]) -> None:
+    """Refuse training data too small to train or to validate on (also after unreadable images are dropped)."""
     train_counts = Counter(groups[train].tolist())
     if len(train_counts) < 2:
         raise SimsearchError("fine-tuning needs training images in at least two classes")
@@ -484,7 +322,7 @@ def load_training_data(
         )  # fmt: skip
     if labels is not None:
         paths, labs, splits = read_labels(labels, None, root, exclude_labels=exclude_labels, classes=classes)
-        source = {"labels_csv": str(Path(labels).resolve())}
+        source: dict[str, Any] = {"labels_csv": str(Path(labels).resolve())}
     else:
         if root is not None:
             raise SimsearchError("root applies to CSV inputs; give the class folder itself")

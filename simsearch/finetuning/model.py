@@ -15,6 +15,8 @@ import re
 import torch
 from torch import nn
 
+from ..system import cpu_has_bf16
+
 
 def _family(model) -> str | None:
     from timm.models.efficientnet import EfficientNet
@@ -160,21 +162,11 @@ def pca_projection(features: torch.Tensor, dim_out: int) -> torch.Tensor:
     return w
 
 
-def has_amx() -> bool:
-    """True when the CPU has AMX or AVX512-BF16 (bf16 matmuls in hardware)."""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return bool(flags & {"amx_bf16", "avx512_bf16"})
-    return False
-
-
 def resolve_precision(precision: str) -> str:
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
     if precision == "auto":
-        return "bf16" if has_amx() else "fp32"
+        return "bf16" if cpu_has_bf16() else "fp32"
     return precision
 
 

@@ -6,6 +6,7 @@
 ``simsearch serve INDEX`` runs it with uvicorn. Importing :mod:`simsearch` does not import this package.
 """
 
-from .app import ServiceState, create_app, serve
+from .app import create_app, serve
+from .state import ServiceState
 
 __all__ = ["ServiceState", "create_app", "serve"]

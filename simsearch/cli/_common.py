@@ -1,0 +1,87 @@
+"""What every command shares: the ``main`` group, the ``command`` decorator (``--json``, ``--quiet``, one-line
+errors), and plain-text tables."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sqlite3
+import sys
+
+import click
+
+from .._version import __version__
+from ..errors import SimsearchError
+
+log = logging.getLogger("simsearch")
+
+
+def setup_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if not quiet else "%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+def command(fn):
+    """Common options (--json, --quiet) and error handling: user errors are one line on stderr, exit 1."""
+
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+    @click.option("--quiet", "-q", is_flag=True, help="No progress bars or info messages.")
+    @functools.wraps(fn)
+    def wrapper(*args, as_json: bool, quiet: bool, **kwargs):
+        setup_logging(quiet)
+        try:
+            result = fn(*args, quiet=quiet, **kwargs)
+        except SimsearchError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyError as e:
+            raise click.ClickException(f"not found: {e.args[0]}") from None
+        except sqlite3.Error as e:  # a damaged metadata file
+            raise click.ClickException(
+                f"cannot read the index metadata ({e}); check it with `simsearch verify`"
+            ) from None
+        except OSError as e:
+            raise click.ClickException(f"{e.filename or ''}: {e.strerror or e}".lstrip(": ")) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        data, text = result
+        if as_json:
+            click.echo(json.dumps(data, indent=2, default=str))
+        elif text:  # file names that are not UTF-8 are printed as their original bytes
+            click.echo(text.encode("utf-8", "surrogateescape"))
+
+    return wrapper
+
+
+def table(rows: list[list], headers: list[str]) -> str:
+    cells = [headers] + [[("" if c is None else str(c)) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
+
+
+def hits_text(hits) -> str:
+    """Results as a table: key and attribute columns appear when the items have them (catalogue indexes)."""
+    if not hits:
+        return "no results"
+    with_key = any(h.key != h.path for h in hits)
+    with_attrs = any(set(h.attributes) - {"label"} for h in hits)
+    headers = ["rank", "score", "id", "label", "path"] + ["key"] * with_key + ["attributes"] * with_attrs
+    rows = [
+        [h.rank, f"{h.score:.4f}", h.id, h.label, h.path] + [h.key] * with_key + [_attrs(h.attributes)] * with_attrs
+        for h in hits
+    ]
+    return table(rows, headers)
+
+
+def _attrs(attributes: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in attributes.items() if k != "label")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="simsearch")
+def main():
+    """Visual similarity search: index image folders, find similar images."""

@@ -1,0 +1,181 @@
+"""The OpenVINO engine (default where the ``openvino`` package is installed).
+
+The timm module is converted with ``openvino.convert_model`` (once: see :mod:`simsearch.engines.cache`), compiled
+for the CPU with the throughput hint and run through an ``AsyncInferQueue`` (:meth:`OpenVINOEngine.stream`).
+``openvino`` is imported only when an engine is made or availability is asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import shutil
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backbones import Backbone, l2_normalize
+from ..system import cpu_count
+from . import cache
+from .protocol import Batch
+
+log = logging.getLogger("simsearch")
+
+DEFAULT_BATCH = 16
+
+
+@lru_cache(maxsize=1)
+def ov_core() -> Any:
+    """The process's one ``openvino.Core`` (it caches devices and compiled models)."""
+    import openvino as ov
+
+    return ov.Core()
+
+
+@lru_cache(maxsize=1)
+def openvino_available() -> bool:
+    """Whether the ``openvino`` package can be imported and sees a CPU device."""
+    try:
+        return "CPU" in ov_core().available_devices
+    except Exception:  # ImportError, or a broken install
+        return False
+
+
+def openvino_has_bf16() -> bool:
+    """Whether OpenVINO runs bf16 natively on this CPU."""
+    try:
+        return "BF16" in ov_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:
+        return False
+
+
+def as_array(batch: Batch) -> np.ndarray:
+    if hasattr(batch, "numpy"):  # torch tensor (the transform's output): zero-copy view
+        batch = batch.detach().contiguous().numpy()
+    return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+class OpenVINOEngine:
+    """Runs a backbone with OpenVINO on the CPU: throughput hint, asynchronous infer requests, cached model.
+
+    ``precision`` ``bf16`` sets ``INFERENCE_PRECISION_HINT``; where the CPU has no bf16 OpenVINO computes in
+    fp32 and :attr:`precision` says so. fp32 is always asked for explicitly (OpenVINO would otherwise pick
+    bf16 by itself on CPUs that have it).
+    """
+
+    name = "openvino"
+
+    def __init__(
+        self, backbone: Backbone, precision: str = "auto", batch_size: int | None = None, *, threads: int | None = None
+    ):
+        import openvino as ov
+
+        if precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
+        if precision == "auto":  # bf16 where OpenVINO runs it natively on this CPU
+            precision = "bf16" if openvino_has_bf16() else "fp32"
+        self._ov = ov
+        self.backbone = backbone
+        self.dim = backbone.dim
+        if precision == "bf16" and not openvino_has_bf16():
+            log.warning("this CPU has no native bf16: OpenVINO computes in fp32")
+        self.batch_size = int(batch_size or DEFAULT_BATCH)
+        core = ov_core()
+        model, entry = cache.load_or_convert(backbone)
+        config: dict[str, Any] = {
+            "PERFORMANCE_HINT": "THROUGHPUT",
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "INFERENCE_NUM_THREADS": threads or cpu_count(),
+        }
+        if entry is not None:
+            config["CACHE_DIR"] = str(entry / "compiled")  # OpenVINO's own compiled-blob cache
+        t0 = time.perf_counter()
+        try:
+            self.compiled = core.compile_model(str(model) if isinstance(model, Path) else model, "CPU", config)
+        except RuntimeError:
+            if entry is None:
+                raise
+            log.warning("the cached OpenVINO model in %s is unusable; converting again", entry)
+            shutil.rmtree(entry, ignore_errors=True)
+            model, entry = cache.load_or_convert(backbone)
+            config.pop("CACHE_DIR", None)
+            self.compiled = core.compile_model(str(model) if isinstance(model, Path) else model, "CPU", config)
+        log.debug("compiled the OpenVINO model in %.2f s", time.perf_counter() - t0)
+        effective = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+        self.precision = "bf16" if ("bf16" in effective or "bfloat16" in effective) else "fp32"  # "<Type: 'bfloat16'>"
+        self.requests = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()  # infer requests for synchronous calls
+
+    def settings(self) -> dict[str, str]:
+        return {"engine": self.name, "precision": self.precision}
+
+    def __call__(self, batch: Batch) -> np.ndarray:
+        x = as_array(batch)
+        if len(x) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        try:
+            request = self._idle.get_nowait()
+        except queue.Empty:
+            request = self.compiled.create_infer_request()
+        try:
+            request.infer({0: x})
+            return l2_normalize(request.get_output_tensor(0).data)
+        finally:
+            self._idle.put(request)
+
+    def stream(self, batches: Iterable[tuple[Any, Batch | None]]) -> Iterator[tuple[Any, np.ndarray]]:
+        """Infer ``(key, batch)`` pairs asynchronously; yields ``(key, vectors)`` in the order given.
+
+        At most :attr:`requests` batches are in flight; the next one is taken from ``batches`` (e.g. decoded
+        meanwhile by worker threads) as soon as a request is free.
+        """
+        jobs = self._ov.AsyncInferQueue(self.compiled, self.requests)
+        done: dict[int, np.ndarray] = {}
+        errors: list[BaseException] = []
+
+        def finished(request: Any, seq: int) -> None:
+            try:
+                done[seq] = l2_normalize(request.get_output_tensor(0).data)  # copies: the request is reused
+            except BaseException as e:  # surfaced in the caller's thread
+                errors.append(e)
+                done[seq] = np.zeros((0, self.dim), np.float32)
+
+        jobs.set_callback(finished)
+        waiting: deque[tuple[int, Any]] = deque()
+        try:
+            for seq, (key, batch) in enumerate(batches):
+                x = None if batch is None else as_array(batch)
+                if x is None or len(x) == 0:
+                    done[seq] = np.zeros((0, self.dim), np.float32)
+                else:
+                    jobs.start_async({0: x}, seq)  # blocks while every request is busy
+                waiting.append((seq, key))
+                while waiting and waiting[0][0] in done:
+                    s, k = waiting.popleft()
+                    _raise_first(errors)
+                    yield k, done.pop(s)
+            jobs.wait_all()
+            _raise_first(errors)
+            while waiting:
+                s, k = waiting.popleft()
+                yield k, done.pop(s)
+        finally:
+            jobs.wait_all()  # never leave requests running on buffers the caller may free
+
+    def __repr__(self) -> str:
+        return f"<OpenVINOEngine {self.backbone.name} {self.precision} batch={self.batch_size} x{self.requests}>"
+
+
+def _raise_first(errors: list[BaseException]) -> None:
+    if errors:
+        raise errors[0]
+
+
+def create(backbone: Backbone, precision: str, batch_size: int | None, **options: Any) -> OpenVINOEngine:
+    """The registry's factory (``options``: ``threads``)."""
+    return OpenVINOEngine(backbone, precision, batch_size, **options)

@@ -1,0 +1,134 @@
+"""The live segment: the journal's writes since the snapshot's generation, as a small in-memory collection
+searched beside the FAISS index (like Milvus's growing segments).
+
+A put or patch of an item makes it a live item (its vectors and attributes here); the base item with the same
+key, if any, is hidden from the FAISS results. A delete hides it too.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..attributes import value_type
+from ..filters import AttributeTable
+from .delta import DeltaJournal, Op
+from .reader import Snapshot
+
+
+@dataclass(frozen=True, eq=False)
+class LiveItem:
+    id: int
+    key: str
+    attributes: dict
+    vectors: np.ndarray  # (n_photos, dim), unit rows
+    photo_ids: np.ndarray
+    photos: tuple[str, ...]  # absolute paths
+
+
+@dataclass(frozen=True, eq=False)
+class LiveState:
+    """An immutable view of the live segment at one ``seq`` (searches read one without locks)."""
+
+    snapshot: Snapshot  # the generation these writes apply to
+    seq: int
+    items: dict[str, LiveItem] = field(default_factory=dict)
+    hidden: frozenset[int] = frozenset()  # base item ids replaced or deleted by live writes
+    deleted: frozenset[str] = frozenset()
+    schema: dict = field(default_factory=dict)
+    matrix: np.ndarray | None = None  # every live photo vector, stacked
+    owners: np.ndarray | None = None  # item id of each matrix row
+    table: tuple[np.ndarray, AttributeTable] | None = None  # item ids and attributes, for filters
+
+    @property
+    def empty(self) -> bool:
+        return not self.items and not self.hidden
+
+
+class LiveView:
+    """Follows the journal of one snapshot: :meth:`refresh` applies new writes and returns the current state."""
+
+    def __init__(self, snapshot: Snapshot, journal: DeltaJournal):
+        self.snapshot = snapshot
+        self.journal = journal
+        self._lock = threading.Lock()
+        self._state = LiveState(snapshot, snapshot.manifest.delta_seq, schema=dict(snapshot.manifest.attributes))
+
+    @property
+    def state(self) -> LiveState:
+        return self._state
+
+    def refresh(self) -> tuple[LiveState, bool]:
+        """Apply new journal rows; also says whether this snapshot is stale: a compaction folded rows this view
+        never read into a newer generation (then only a reload shows them)."""
+        with self._lock:
+            seq = self._state.seq
+            ops = self.journal.read(seq)
+            stale = (ops[0].seq != seq + 1) if ops else self.journal.last_seq() > seq
+            if ops and not stale:
+                self._state = self._apply(self._state, ops)
+            return self._state, stale
+
+    def _apply(self, state: LiveState, ops: list[Op]) -> LiveState:
+        items = dict(state.items)
+        hidden, deleted = set(state.hidden), set(state.deleted)
+        schema = dict(state.schema)
+        base_ids = self.snapshot.meta.ids_for_keys({op.key for op in ops if op.key not in items})
+        for op in ops:
+            base = base_ids.get(op.key)
+            if op.kind == "delete":
+                items.pop(op.key, None)
+                deleted.add(op.key)
+            elif op.kind == "put":
+                assert op.vectors is not None and op.item is not None
+                items[op.key] = LiveItem(
+                    op.item, op.key, dict(op.attributes or {}), op.vectors, op.photo_ids(), op.photos
+                )
+                deleted.discard(op.key)
+            else:  # patch
+                current = items.get(op.key) or (None if op.key in deleted else self._from_base(op.key, base))
+                if current is None:
+                    continue
+                attrs = {**current.attributes, **(op.attributes or {})}
+                attrs = {k: v for k, v in attrs.items() if v is not None}
+                items[op.key] = LiveItem(current.id, op.key, attrs, current.vectors, current.photo_ids, current.photos)
+            for name, value in (op.attributes or {}).items() if op.kind != "delete" else ():
+                if value is not None and name not in schema:
+                    schema[name] = value_type(value) or "str"
+            if base is not None:
+                hidden.add(base)
+        return _state(self.snapshot, ops[-1].seq, items, hidden, deleted, schema)
+
+    def _from_base(self, key: str, base: int | None) -> LiveItem | None:
+        if base is None:
+            return None
+        item = self.snapshot.meta.item(base)
+        vecs = self.snapshot.item_vectors([base]).get(base)
+        if vecs is None:
+            return None
+        return LiveItem(
+            base,
+            key,
+            dict(item.attributes),
+            vecs,
+            np.array([p.id for p in item.photos], np.int64),
+            tuple(str(p.abspath) for p in item.photos),
+        )
+
+
+def _state(snapshot, seq, items, hidden, deleted, schema) -> LiveState:
+    live = list(items.values())
+    matrix: np.ndarray | None
+    owners: np.ndarray | None
+    table: tuple[np.ndarray, AttributeTable] | None
+    if live:
+        matrix = np.vstack([it.vectors for it in live]).astype(np.float32)
+        owners = np.concatenate([np.full(len(it.vectors), it.id, np.int64) for it in live])
+        ids = np.array([it.id for it in live], np.int64)
+        table = (ids, AttributeTable.from_rows(schema, [it.attributes for it in live]))
+    else:
+        matrix = owners = None
+        table = None
+    return LiveState(snapshot, seq, items, frozenset(hidden), frozenset(deleted), schema, matrix, owners, table)
