@@ -199,16 +199,26 @@ def augment(
 ) -> np.ndarray:
     """Augmented vectors (unit rows, in the order of ``vectors``) of a collection; method ``none`` copies them.
 
-    ``graph`` (rows = ``ids``) is computed when not given: exactly, or with ``search`` (an ANN index).
+    ``graph`` (rows = ``ids``, at least ``spec.max_k`` wide) is computed when not given: exactly, or with
+    ``search`` (an ANN index). ``k = "auto"`` is resolved with :func:`resolve_k` first.
     """
     vectors, ids = _f32(vectors), _i64(ids)
     if not spec.enabled or len(ids) < 2:
         return vectors.copy()
     if graph is None:
-        graph = knn_graph(vectors, ids, spec_k(spec), search=search)
+        graph = knn_graph(vectors, ids, spec.max_k, search=search)
     if not np.array_equal(graph.ids, ids):
         raise ValueError("the neighbour graph must list exactly these ids, in this order")
+    spec = resolve_k(vectors, graph, spec)
     return propagate(vectors, graph, spec, np.arange(len(ids)))
+
+
+def resolve_k(vectors: np.ndarray, graph: KnnGraph, spec: AugmentSpec) -> AugmentSpec:
+    """The spec with ``k = "auto"`` replaced by :func:`auto_k` of this collection (other specs unchanged)."""
+    if spec.k != "auto":
+        return spec
+    k = auto_k(graph, background_similarity(vectors), fraction=spec.auto_fraction, k_max=spec.max_k)
+    return spec.resolved(k)
 
 
 def propagate(vectors: np.ndarray, graph: KnnGraph, spec: AugmentSpec, targets: np.ndarray) -> np.ndarray:
@@ -425,6 +435,22 @@ def guarded_merge(
             if len(out) == k:
                 break
     return np.asarray(out, np.int64)
+
+
+def guarded_rows(raw: np.ndarray, augmented: np.ndarray, guard: int, first: np.ndarray | None = None) -> np.ndarray:
+    """:func:`guarded_merge` of many queries at once: rows of ids (or row numbers), -1 = none; same width as
+    ``augmented``."""
+    width = augmented.shape[1]
+    head = raw[:, :guard] if first is None else np.concatenate([first[:, None], raw[:, :guard]], axis=1)
+    # a head entry repeating an earlier one (the item-first result among the raw top) is dropped
+    dup = np.zeros(head.shape, bool)
+    for c in range(1, head.shape[1]):
+        dup[:, c] = (head[:, :c] == head[:, c : c + 1]).any(axis=1)
+    head = np.where(dup | (head < 0), -1, head)
+    in_head = (augmented[:, :, None] == head[:, None, :]).any(axis=2) | (augmented < 0)
+    both = np.concatenate([head, np.where(in_head, -1, augmented)], axis=1)
+    order = np.argsort(both < 0, axis=1, kind="stable")  # present ones first, in their order
+    return np.take_along_axis(both, order, axis=1)[:, :width]
 
 
 def item_first(raw_top1: int, raw_top1_sim: float, aug_top1: int, aug_top1_raw_sim: float, spec: AugmentSpec) -> int:

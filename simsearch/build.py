@@ -18,7 +18,9 @@ from typing import Any
 
 from . import autoindex
 from ._version import __version__
+from .augment_index import AugmentBase, augment_writer, load_base, needs_augmenting, requested_spec
 from .backbones import DEFAULT_BACKBONE, Backbone, create_backbone
+from .config.augment import AugmentSpec
 from .config.autoindex import INDEX_AUTO_KEY, AutoIndexRecord, AutoIndexSpec
 from .config.embedding import EmbeddingSettings
 from .config.index import INDEX, ITEM_POOLINGS
@@ -80,7 +82,9 @@ def build_index(roots=None, out: str | Path | None = None, **kwargs) -> UpdateRe
     ``engine`` (a registered engine name or a callable) / ``precision`` / ``draft`` / ``batch_size`` /
     ``workers`` (recorded in the manifest; an existing index keeps its own), ``max_pixels``, ``follow_symlinks``,
     ``commit_every``, ``progress``, ``embedder``, ``strict``, ``memory_budget``, ``target_recall``,
-    ``engine_options`` (for the engine's factory, e.g. ``{"address": "auto"}`` with ``engine="ray"``).
+    ``engine_options`` (for the engine's factory, e.g. ``{"address": "auto"}`` with ``engine="ray"``),
+    ``augment`` (an :class:`~simsearch.config.augment.AugmentSpec` or its text form ``dba``, ``none``,
+    ``dba:k=10,rounds=2``; default: the index's own setting, or augmentation for a new index).
     """
     report, _ = run_build(roots, out, **kwargs)
     return report
@@ -110,6 +114,7 @@ def run_build(
     memory_budget: int | str | None = None,
     target_recall: float | None = None,
     engine_options: dict | None = None,
+    augment: AugmentSpec | str | None = None,
 ) -> tuple[UpdateReport, Backbone | None]:
     """:func:`build_index`, also returning the backbone it loaded (None if none was), for reuse by the caller."""
     if commit_every < 1:
@@ -135,6 +140,8 @@ def run_build(
         else:
             assert bb is not None
             manifest, faiss_index = _new_manifest(bb, index_factory, item_pooling, memory_budget, target_recall)
+        augment_spec = requested_spec(existing, augment)
+        augment_base = load_base(path, existing) if augment_spec.enabled else None
         if cat_path is not None:
             source = catalog_source(cat_path, manifest.roots, root=Path(root).expanduser() if root else None)
         else:
@@ -157,7 +164,7 @@ def run_build(
                 get_embedder=lambda: state.get(writer),
                 max_pixels=max_pixels,
             )
-            _finish(writer)
+            _finish(writer, augment_spec, augment_base, progress)
         except (OSError, sqlite3.Error) as e:  # e.g. disk full while writing the next version's temp files
             reason = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
             saved = writer.m.items if writer is not None else manifest.items
@@ -260,8 +267,10 @@ def _reopen(path, existing: Manifest, bb, index_factory, item_pooling, memory_bu
     return dataclasses.replace(existing, extra=extra), faiss_index
 
 
-def _finish(writer: GenerationWriter) -> None:
-    """Final commit; an ``auto`` index chooses again for its final size first."""
+def _finish(
+    writer: GenerationWriter, augment: AugmentSpec, base: AugmentBase | None = None, progress: bool = False
+) -> None:
+    """Final commit; an ``auto`` index chooses again for its final size first, then the vectors are augmented."""
     writer.flush_training(final=True)
     if writer.dirty:
         record = AutoIndexRecord.from_extra(writer.m.extra, str(writer.path / MANIFEST))
@@ -273,6 +282,8 @@ def _finish(writer: GenerationWriter) -> None:
                 writer.replace_index(new_index, str(record.choice), extra)
             else:
                 writer.update_manifest(extra=extra)  # still exact search: the record only
+    if needs_augmenting(writer, augment):
+        augment_writer(writer, augment, base, progress=progress)
     writer.commit()
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import autoindex
 from .attributes import value_type
+from .augment_index import augment_writer, load_base, needs_augmenting, recorded_spec
 from .errors import IndexFormatError
 from .store import MANIFEST, GenerationWriter, load_generation, read_manifest, writer_lock
 from .store.delta import DeltaJournal, Op
@@ -36,12 +37,16 @@ def compact_index(path: str | Path, *, journal: DeltaJournal | None = None) -> d
             return {"path": str(path), "folded": 0, "generation": m.generation, "seconds": 0.0}
         faiss_index, meta = load_generation(path, m)
         meta.close()
+        spec = recorded_spec(m)
+        base = load_base(path, m) if spec.enabled else None
         writer = GenerationWriter(path, m, faiss_index, m, remove_ids=autoindex.remove_ids)
         try:
             schema, roots = dict(m.attributes), list(m.roots)
             for op in ops:
                 _fold(writer, op, roots, schema)
             writer.update_manifest(delta_seq=upto, attributes=schema, roots=roots)
+            if needs_augmenting(writer, spec):
+                augment_writer(writer, spec, base)  # incremental: the items the writes touched and their neighbours
             writer.commit()
         finally:
             writer.close()

@@ -1,7 +1,13 @@
-"""Retrieval quality: leave-one-out Recall@k and MAP@R with exact search, as pure numpy functions.
+"""Retrieval quality: Recall@k and MAP@R with exact search, raw and augmented side by side.
 
 MAP@R follows Musgrave et al., "A Metric Learning Reality Check" (2020): for a query whose class has R other
 members, average precision over the first R results, counting only the positions that are relevant.
+
+Protocols: leave-one-out (every labelled item queries the others, as "more like this" does), or *new queries*
+(``queries="split=test"`` or a fraction such as ``0.3``): those items leave the collection, the augmentation is
+computed without them, and they are searched like new images (expanded, guarded). Augmented figures are computed
+in memory over the evaluated items with :mod:`simsearch.augment` and follow what a search of an augmented index
+returns (:mod:`simsearch.search_augment`).
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .augment import expand_query, guarded_rows, knn_graph, propagate, resolve_k
+from .config.augment import AugmentSpec
 from .errors import SimsearchError
 
 if TYPE_CHECKING:
@@ -67,6 +75,26 @@ def map_at_r(labels: np.ndarray, neighbors: np.ndarray) -> float:
     precision = np.cumsum(rel, axis=1) / positions[None, :]
     ap = np.where(r > 0, (precision * rel).sum(axis=1) / np.maximum(r, 1), np.nan)
     return float(np.nanmean(ap))
+
+
+def metrics_of(
+    q_labels: np.ndarray, db_labels: np.ndarray, neighbors: np.ndarray, ks: Sequence[int], *, loo: bool = False
+) -> dict:
+    """Recall@k and MAP@R of queries (labels ``q_labels``) whose ranked results are rows of ``neighbors``
+    (indices into ``db_labels``, -1 = none). R counts the query's class in the database (minus the query itself
+    with ``loo``); MAP@R leaves out queries with R = 0, recall counts them as misses (as :func:`retrieval_metrics`)."""
+    names, db_codes = np.unique(db_labels, return_inverse=True)
+    counts = np.bincount(db_codes, minlength=len(names))
+    at = np.minimum(np.searchsorted(names, q_labels), len(names) - 1)
+    r = np.where(names[at] == q_labels, counts[at], 0) - (1 if loo else 0)
+    match = (db_labels[np.maximum(neighbors, 0)] == q_labels[:, None]) & (neighbors >= 0)
+    out: dict = {f"recall@{k}": round(float(match[:, :k].any(axis=1).mean()), 4) for k in ks}
+    keep = r > 0
+    positions = np.arange(1, neighbors.shape[1] + 1)
+    rel = match[keep] & (positions[None, :] <= r[keep][:, None])
+    precision = np.cumsum(rel, axis=1) / positions[None, :]
+    out["map@r"] = round(float(((precision * rel).sum(axis=1) / r[keep]).mean()), 4) if keep.any() else float("nan")
+    return out
 
 
 def retrieval_metrics(vectors: np.ndarray, labels: Sequence, ks: Sequence[int] = (1, 5, 10)) -> dict:
@@ -127,12 +155,21 @@ def evaluate_index(
     exclude_labels: Sequence[str] = (),
     classes: str = "all",
     ks: Sequence[int] = (1, 5, 10),
+    queries: str | float | None = None,
+    augment: AugmentSpec | str | None = None,
+    seed: int = 0,
 ) -> dict:
-    """Leave-one-out retrieval quality over the labelled items of an index (exact search on its vectors)."""
+    """Retrieval quality over the labelled items of an index (exact search on their vectors), raw and augmented.
+
+    The top-level ``recall@k``/``map@r`` are the raw vectors'; ``augmented`` holds the same figures with
+    augmentation (``augment``: a spec or its text form; default the index's own, or the default spec when the
+    index has none; ``none`` skips it). ``queries``: None for leave-one-out; ``"FIELD=VALUE"`` (a column of the
+    labels CSV, or an attribute) or a fraction in (0, 1) (a seeded random share) for the new-query protocol.
+    """
     items = index.items()
-    if labels_csv is not None:
-        by_path = read_labels_csv(labels_csv)
-        labels = {it.id: by_path.get(it.abspath.resolve()) for it in items}
+    rows = _csv_rows(labels_csv) if labels_csv is not None else None
+    if rows is not None:
+        labels = {it.id: (rows.get(it.abspath.resolve()) or {}).get("label") or None for it in items}
     else:
         labels = {it.id: it.label for it in items}
     excluded = set(exclude_labels)
@@ -142,7 +179,132 @@ def evaluate_index(
     if not ids:
         raise SimsearchError("no labelled items to evaluate (labels come from folder names or --labels CSV)")
     ids_arr, vectors = index.vectors(ids)
-    result = retrieval_metrics(vectors, [labels[int(i)] for i in ids_arr], ks)
+    lab = np.asarray([str(labels[int(i)]) for i in ids_arr])
+    q_mask = _query_mask(index, rows, ids_arr, queries, seed)
+    spec = _evaluation_spec(index, augment)
+    if q_mask is None:
+        result = retrieval_metrics(vectors, lab, ks)
+        result["protocol"] = "leave-one-out"
+    else:
+        result = _new_query_metrics(vectors, lab, q_mask, ks)
+        result["protocol"] = f"new queries ({queries}): {int(q_mask.sum())} queries, {int((~q_mask).sum())} indexed"
+    if spec.enabled:
+        result["augmented"], result["augment"] = augmented_metrics(vectors, ids_arr, lab, spec, ks, q_mask)
     result.update({"unlabelled": len(items) - len([1 for v in labels.values() if v is not None]), "split": classes})
     result["excluded_labels"] = sorted(excluded)
     return result
+
+
+def augmented_metrics(
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    labels: np.ndarray,
+    spec: AugmentSpec,
+    ks: Sequence[int] = (1, 5, 10),
+    queries: np.ndarray | None = None,
+) -> tuple[dict, dict]:
+    """Recall@k and MAP@R of what an augmented index returns, and the spec used (``k`` resolved).
+
+    ``queries``: None for leave-one-out (each item searches with its augmented vector: first result by the
+    item rule, then the raw top ``guard``, then the augmented ranking); else a mask of new queries, left out of the
+    collection and its augmentation, searched expanded (raw top ``guard``, then the augmented ranking)."""
+    vectors = np.asarray(vectors, np.float32)
+    db = np.arange(len(vectors)) if queries is None else np.flatnonzero(~queries)
+    graph = knn_graph(vectors[db], np.asarray(ids)[db], spec.max_k)
+    spec = resolve_k(vectors[db], graph, spec)
+    aug = propagate(vectors[db], graph, spec, np.arange(len(db)))
+    db_labels = labels[db]
+    counts = np.unique(db_labels, return_counts=True)[1]
+    depth = max(*ks, int(counts.max())) + spec.guard + 1
+    if queries is None:
+        raw_s, raw_nb = exact_knn(vectors, vectors, depth, exclude_self=True)
+        _, aug_nb = exact_knn(aug, aug, depth, exclude_self=True)
+        q_labels, q_raw = labels, vectors
+    else:
+        q_raw = vectors[queries]
+        raw_s, raw_nb = exact_knn(q_raw, vectors[db], depth)
+        k = int(spec.k)
+        expanded = expand_query(q_raw, raw_s[:, :k], aug[raw_nb[:, :k]], spec)
+        _, aug_nb = exact_knn(expanded, aug, depth)
+        q_labels = labels[queries]
+    first = None
+    if queries is None:  # an item's first result: see simsearch.augment.item_first
+        first = aug_nb[:, 0]
+        if spec.item_first is not None:
+            gap = raw_s[:, 0] - np.einsum("ij,ij->i", q_raw, vectors[first])
+            first = np.where(gap > spec.item_first, raw_nb[:, 0], first)
+        else:
+            first = raw_nb[:, 0]
+    rows = guarded_rows(raw_nb, aug_nb, spec.guard, first)
+    result = metrics_of(q_labels, db_labels, rows, ks, loo=queries is None)
+    return result, {**spec.to_dict(), "neighbour_graph": "exact"}
+
+
+def _new_query_metrics(vectors: np.ndarray, labels: np.ndarray, q_mask: np.ndarray, ks: Sequence[int]) -> dict:
+    db_labels = labels[~q_mask]
+    counts = np.unique(db_labels, return_counts=True)[1]
+    _, nb = exact_knn(vectors[q_mask], vectors[~q_mask], max(*ks, int(counts.max())))
+    result = metrics_of(labels[q_mask], db_labels, nb, ks)
+    return {"items": len(labels), "classes": len(set(labels.tolist())), **result, "queries": int(q_mask.sum())}
+
+
+def _evaluation_spec(index: Index, augment: AugmentSpec | str | None) -> AugmentSpec:
+    if isinstance(augment, AugmentSpec):
+        return augment
+    if isinstance(augment, str):
+        return AugmentSpec.parse(augment)
+    rec = index.manifest.augment_record
+    return AugmentSpec.from_dict(rec.get("spec")) if rec else AugmentSpec()
+
+
+def _query_mask(index: Index, rows, ids: np.ndarray, queries: str | float | None, seed: int) -> np.ndarray | None:
+    """Which evaluated items are new queries: a FIELD=VALUE of the labels CSV or the index, or a random share."""
+    if queries is None:
+        return None
+    share = _fraction(queries)
+    if share is not None:
+        rng = np.random.default_rng(seed)
+        mask = np.zeros(len(ids), bool)
+        mask[rng.permutation(len(ids))[: max(1, round(share * len(ids)))]] = True
+    else:
+        name, sep, value = str(queries).partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise SimsearchError(f"--queries must be FIELD=VALUE (e.g. split=test) or a fraction, not {queries!r}")
+        name, value = name.strip(), value.strip()
+        if rows is not None:
+            by_id = {it.id: (rows.get(it.abspath.resolve()) or {}).get(name) for it in index.items(ids)}
+        else:
+            by_id = {int(i): v for i, v in index.attribute_values(name).items()}
+        mask = np.array([str(by_id.get(int(i))) == value for i in ids])
+        if not mask.any():
+            raise SimsearchError(f"no evaluated item has {name}={value}")
+    if mask.all():
+        raise SimsearchError(f"every evaluated item is a query ({queries}): nothing is left to search")
+    return mask
+
+
+def _fraction(queries) -> float | None:
+    try:
+        share = float(queries)
+    except (TypeError, ValueError):
+        return None
+    if not 0 < share < 1:
+        raise SimsearchError(f"a --queries fraction must be between 0 and 1, not {queries}")
+    return share
+
+
+def _csv_rows(path: str | Path) -> dict[Path, dict[str, str]]:
+    """Rows of a labels CSV (``path``, ``label`` and any other columns), by resolved path."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+                raise SimsearchError(f"{path}: a labels CSV needs a header with 'path' and 'label' columns")
+            out = {}
+            for row in reader:
+                p = Path(row["path"])
+                out[(p if p.is_absolute() else path.parent / p).resolve()] = row
+            return out
+    except OSError as e:
+        raise SimsearchError(f"cannot read labels file {path}: {e.strerror or e}") from None

@@ -8,6 +8,8 @@ memory stays bounded by ``batch_size × k`` rows whatever the size of the index;
 
 * the item itself is left out of its own list (``self_exclude``, the default);
 * ``min_score`` drops neighbours scoring below it (lists may then be shorter than ``k``);
+* on an index with augmented vectors the lists follow the augmented ranking as searches do (scores stay raw
+  cosines; ``augment="none"`` gives the raw-vector lists, see :mod:`simsearch.search_augment`);
 * ``exclude_duplicates`` drops the item's near-duplicates: neighbours scoring at or above it (a cosine), and those
   whose perceptual hash is close with a cosine above the rule's lower bar (:mod:`simsearch.duplicates`: the same
   pair rule as ``simsearch duplicates --threshold``).
@@ -28,6 +30,7 @@ from .export import iter_items, reconstruct, text
 from .index import Index, open_index
 from .phash import duplicate_mask
 from .progress import progress_bar
+from .search_augment import photo_rows, search_spec
 
 COLUMNS = ("item_id", "item_path", "neighbor_id", "neighbor_path", "rank", "score", "item_key", "neighbor_key")
 
@@ -102,6 +105,7 @@ def compute_neighbors(
     progress: bool = False,
     overwrite: bool = False,
     limit: int | None = None,
+    augment: bool | str | None = None,
 ) -> dict:
     """Write the item-to-item neighbour table of ``index`` to ``out`` (see the module docstring)."""
     if isinstance(index, (str, Path)):
@@ -109,6 +113,7 @@ def compute_neighbors(
             return compute_neighbors(
                 idx, out, k=k, min_score=min_score, exclude_duplicates=exclude_duplicates,
                 self_exclude=self_exclude, batch_size=batch_size, progress=progress, overwrite=overwrite, limit=limit,
+                augment=augment,
             )  # fmt: skip
     if not 1 <= int(k) <= 10_000:
         raise SimsearchError(f"k must be between 1 and 10000, not {k}")
@@ -126,6 +131,7 @@ def compute_neighbors(
     use_hash = DUPLICATES.uses_hash
     fetch = min(n, int(k) + (1 if self_exclude else 0) + (int(k) if exclude_duplicates is not None else 0))
     schema = _schema()
+    spec = search_spec(index.snapshot, augment)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     t0 = time.perf_counter()
     t_search = 0.0
@@ -149,7 +155,10 @@ def compute_neighbors(
             if fetch == 0:
                 break
             ts = time.perf_counter()
-            scores, found = index.faiss.search(reconstruct(index, qids), fetch)
+            if spec is None:
+                scores, found = index.faiss.search(reconstruct(index, qids), fetch)
+            else:  # the item itself is already left out: select_neighbors sees a list without it
+                scores, found = photo_rows(index.snapshot, qids, fetch, spec, self_exclude=self_exclude)
             t_search += time.perf_counter() - ts
             hd = pair_hash_distances(index, qids, found) if exclude_duplicates is not None and use_hash else None
             nid, nscore, valid = select_neighbors(
@@ -196,6 +205,7 @@ def compute_neighbors(
         "rows": rows_written,
         "k": int(k),
         "index_factory": index.manifest.index_factory,
+        "augmented": spec is not None,
         "seconds": round(seconds, 2),
         "search_seconds": round(t_search, 2),
         "rows_per_second": round(rows_written / seconds, 1) if seconds else None,

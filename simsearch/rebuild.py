@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from . import autoindex
+from .augment_index import augment_writer, load_base, needs_augmenting, recorded_spec
 from .config.autoindex import INDEX_AUTO_KEY, AutoIndexRecord
 from .errors import IndexFormatError
 from .store import MANIFEST, GenerationWriter, load_generation, read_manifest, writer_lock
@@ -31,6 +32,8 @@ def rebuild_index(
         m = read_manifest(path)
         index, meta = load_generation(path, m)
         meta.close()
+        spec = recorded_spec(m)
+        base = load_base(path, m) if spec.enabled else None
         previous = AutoIndexRecord.from_extra(m.extra, str(path / MANIFEST))
         new_index, record = autoindex.rebuild(
             index, index_factory, previous, memory_budget=memory_budget, target_recall=target_recall,
@@ -42,6 +45,8 @@ def rebuild_index(
         writer = GenerationWriter(path, new_m, new_index, m, remove_ids=autoindex.remove_ids)
         try:
             writer.update_manifest()  # the new FAISS index is the change
+            if needs_augmenting(writer, spec):
+                augment_writer(writer, spec, base)  # same vectors: the augmented ones move into the new index kind
             writer.commit()
         finally:
             writer.close()

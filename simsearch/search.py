@@ -27,6 +27,7 @@ from .config import DUPLICATES, LIMITS
 from .errors import SimsearchError
 from .filters import compile_filter
 from .phash import NO_HASH, duplicate_mask, pair_distances
+from .search_augment import augmented_vectors, expand, merged, search_spec
 from .store import Item, Snapshot
 from .store.live import LiveItem, LiveState
 
@@ -154,15 +155,20 @@ def search(
     exclude_query: bool = True,
     filter=None,
     rules: Rules = NO_RULES,
+    augment: bool | str | None = None,
 ) -> list[Hit]:
     """Nearest items of ``query`` (see :func:`resolve_query`), best first.
 
     Indexed items named in the query are left out of the results unless ``exclude_query=False``; ``exclude``
-    takes ids or keys. ``filter``: a dict or a ``--where`` string (see docs/filters.md).
+    takes ids or keys. ``filter``: a dict or a ``--where`` string (see docs/filters.md). ``augment``: None
+    uses the index's augmented vectors when it has them, False (``"none"``) the raw ones (see
+    :mod:`simsearch.search_augment`).
     """
     vectors, self_ids = resolve_query(index, query)
     skip = _resolve_ids(index, exclude) | (self_ids if exclude_query else set())
-    return _search(index, vectors, k, skip, filter, rules)
+    single = not isinstance(query, (list, tuple)) or len(query) == 1
+    item = next(iter(self_ids)) if len(self_ids) == 1 and single else None  # "more like this" item
+    return _search(index, vectors, k, skip, filter, rules, augment, item)
 
 
 def recommend(
@@ -175,6 +181,7 @@ def recommend(
     negative_weight: float = 0.5,
     filter=None,
     rules: Rules = NO_RULES,
+    augment: bool | str | None = None,
 ) -> list[Hit]:
     """Items like the ``positive`` ones and unlike the ``negative`` ones (Rocchio: p - w·n), never ``exclude``.
 
@@ -191,7 +198,7 @@ def recommend(
         if np.any(moved):
             query = moved
     skip = _resolve_ids(index, exclude) | pos_ids | neg_ids
-    return _search(index, l2_normalize(query)[None, :], k, skip, filter, rules)
+    return _search(index, l2_normalize(query)[None, :], k, skip, filter, rules, augment)
 
 
 def search_vectors(
@@ -202,6 +209,7 @@ def search_vectors(
     exclude: Iterable = (),
     filter=None,
     rules: Rules = NO_RULES,
+    augment: bool | str | None = None,
 ) -> list[list[Hit]]:
     """Batch search: one result list per row of ``vectors`` ``(n, dim)`` (any finite non-zero rows)."""
     snap = index.live_state().snapshot
@@ -210,10 +218,11 @@ def search_vectors(
         raise SimsearchError(f"query vectors must have dim {snap.manifest.dim}, not {arr.shape[-1]}")
     skip = _resolve_ids(index, exclude)
     rows = [check_vector(v, snap.manifest.dim)[None, :] for v in arr]
-    together = _search_rows(index, np.vstack(rows), k, skip, filter, rules) if len(rows) > 1 else None
+    raw = search_spec(snap, augment) is None
+    together = _search_rows(index, np.vstack(rows), k, skip, filter, rules) if len(rows) > 1 and raw else None
     if together is not None:
         return together
-    return [_search(index, q, k, skip, filter, rules) for q in rows]
+    return [_search(index, q, k, skip, filter, rules, augment) for q in rows]
 
 
 def _search_rows(
@@ -285,7 +294,16 @@ def allowed_items(snap: Snapshot, filter, schema: dict | None = None) -> np.ndar
     return ids
 
 
-def _search(index: Searchable, queries: np.ndarray, k, skip: set[int], filter, rules: Rules) -> list[Hit]:
+def _search(
+    index: Searchable,
+    queries: np.ndarray,
+    k,
+    skip: set[int],
+    filter,
+    rules: Rules,
+    augment: bool | str | None = None,
+    item: int | None = None,
+) -> list[Hit]:
     k = _check_k(k)
     live = index.live_state()  # first: it may switch the index to a newer generation
     snap = live.snapshot
@@ -293,30 +311,75 @@ def _search(index: Searchable, queries: np.ndarray, k, skip: set[int], filter, r
     allowed = allowed_items(snap, filter, live.schema)
     if allowed is not None and len(allowed) and base_skip:
         allowed = allowed[~np.isin(allowed, np.fromiter(base_skip, dtype=np.int64))]
+    spec = search_spec(snap, augment)
+    if spec is not None:
+        return _search_augmented(live, queries, k, skip, allowed, filter, rules, spec, item)
     live_ranked = _live_ranked(live, queries, filter, skip)
     want = k
     while True:
-        ranked = (
-            []
-            if snap.faiss.ntotal == 0 or (allowed is not None and len(allowed) == 0)
-            else (_ranked(snap, queries, want, allowed, base_skip))
-        )
-        exhausted = len(ranked) < want
-        if snap.manifest.item_pooling == "mean" and not snap.single_photo:
-            ranked = _mean_pooled(snap, queries, ranked)
-        merged = sorted(ranked + live_ranked, key=lambda r: -r[1]) if live_ranked else ranked
-        kept = _apply_rules(snap, live, merged, rules, k)
+        merged_ranked, exhausted = _collect(snap, queries, want, allowed, base_skip, live_ranked, augmented=False)
+        kept = _apply_rules(snap, live, merged_ranked, rules, k)
         if len(kept) >= k or exhausted:
             break
         want *= 2
     return _hits(snap, live, kept[:k], rules.fields)
 
 
-def _live_ranked(live: LiveState, queries: np.ndarray, filter, skip: set[int]) -> list[tuple[int, float, int]]:
-    """The live segment's items by their best photo (exact: it is small)."""
+def _collect(snap: Snapshot, queries, want: int, allowed, skip: set[int], live_ranked: list, *, augmented: bool):
+    """The best ``want`` stored items (raw or augmented vectors) merged with the live ones; and whether the
+    stored ones ran out."""
+    faiss_index = snap.augmented if augmented else snap.faiss
+    empty = faiss_index.ntotal == 0 or (allowed is not None and len(allowed) == 0)
+    ranked = [] if empty else _ranked(snap, queries, want, allowed, skip, faiss_index)
+    exhausted = len(ranked) < want
+    if snap.manifest.item_pooling == "mean" and not snap.single_photo:
+        ranked = _mean_pooled(snap, queries, ranked, augmented=augmented)
+    return (sorted(ranked + live_ranked, key=lambda r: -r[1]) if live_ranked else ranked), exhausted
+
+
+def _search_augmented(live: LiveState, queries, k: int, skip: set[int], allowed, filter, rules: Rules, spec, item):
+    """Search the augmented vectors (see :mod:`simsearch.search_augment`)."""
+    snap = live.snapshot
+    base_skip = skip | live.hidden
+    photos = snap.photos_of([item]) if item is not None and item not in live.hidden else np.zeros(0, np.int64)
+    item_query = len(photos) > 0
+    q_aug = augmented_vectors(snap, photos) if item_query else expand(snap, queries, spec)
+    live_aug = None if live.matrix is None else expand(snap, live.matrix, spec)
+    raw: list = []
+    if spec.guard or item_query:
+        raw, _ = _collect(snap, queries, spec.guard + 1, allowed, base_skip, _live_ranked(live, queries, filter, skip),
+                          augmented=False)  # fmt: skip
+    live_ranked = _live_ranked(live, q_aug, filter, skip, matrix=live_aug)
+    live_rows = {} if live.owners is None else {int(p): r for r, p in enumerate(_live_photo_ids(live))}
+
+    def raw_score(_item: int, photo: int) -> float:
+        row = live_rows.get(int(photo))
+        vec = live.matrix[row] if row is not None and live.matrix is not None else snap.faiss.reconstruct(int(photo))
+        return float((queries @ np.asarray(vec, np.float32)).max())
+
+    want = k + spec.guard + 1
+    while True:
+        ranked, exhausted = _collect(snap, q_aug, want, allowed, base_skip, live_ranked, augmented=True)
+        order = merged(raw, ranked, spec, item_query=item_query, raw_score_of=raw_score)
+        kept = _apply_rules(snap, live, order, rules, k)
+        if len(kept) >= k or exhausted:
+            break
+        want *= 2
+    return _hits(snap, live, kept[:k], rules.fields)
+
+
+def _live_photo_ids(live: LiveState) -> np.ndarray:
+    return np.concatenate([it.photo_ids for it in live.items.values()])  # the matrix's row order
+
+
+def _live_ranked(
+    live: LiveState, queries: np.ndarray, filter, skip: set[int], matrix: np.ndarray | None = None
+) -> list[tuple[int, float, int]]:
+    """The live segment's items by their best photo (exact: it is small); ``matrix``: other vectors of its photos
+    (expanded ones, to compare with augmented queries)."""
     if live.matrix is None or live.table is None:
         return []
-    scores = (queries @ live.matrix.T).max(axis=0)
+    scores = (queries @ (live.matrix if matrix is None else matrix).T).max(axis=0)
     ids, table = live.table
     ok = np.ones(len(ids), bool)
     attr_filter = {k: v for k, v in filter.items() if k != "path_prefix"} if isinstance(filter, dict) else filter
@@ -326,7 +389,7 @@ def _live_ranked(live: LiveState, queries: np.ndarray, filter, skip: set[int]) -
         ok &= compile_filter(attr_filter, live.schema).mask(table)
     allowed = set(ids[ok].tolist()) - skip
     best: dict[int, tuple[float, int]] = {}
-    photo_ids = np.concatenate([it.photo_ids for it in live.items.values()])  # the matrix's row order
+    photo_ids = _live_photo_ids(live)
     owners = live.owners if live.owners is not None else np.zeros(0, np.int64)
     for item, score, photo in zip(owners.tolist(), scores.tolist(), photo_ids.tolist(), strict=True):
         if item in allowed and (item not in best or score > best[item][0]):
@@ -335,12 +398,14 @@ def _live_ranked(live: LiveState, queries: np.ndarray, filter, skip: set[int]) -
 
 
 def _ranked(
-    snap: Snapshot, queries: np.ndarray, want: int, allowed: np.ndarray | None, skip: set[int]
+    snap: Snapshot, queries: np.ndarray, want: int, allowed: np.ndarray | None, skip: set[int], faiss_index=None
 ) -> list[tuple[int, float, int]]:
-    """The best ``want`` items (id, score, best photo id), exactly, by their best photo (max pooling)."""
+    """The best ``want`` items (id, score, best photo id), exactly, by their best photo (max pooling), in
+    ``faiss_index`` (default: the raw vectors)."""
     import faiss
 
-    n = int(snap.faiss.ntotal)
+    index = snap.faiss if faiss_index is None else faiss_index
+    n = int(index.ntotal)
     per_item = 1 if snap.single_photo else math.ceil(n / max(1, snap.manifest.items)) + 1
     params = None
     allowed_photos = None
@@ -353,8 +418,8 @@ def _ranked(
         if share >= BROAD_FILTER:
             post_filter = True
             fetch = math.ceil(fetch / share * 1.2) + 16
-        elif not _is_flat(snap.faiss) and len(allowed_photos) <= SUBSET_SEARCH_MAX:
-            return _subset_ranked(snap, queries, want, allowed_photos)
+        elif not _is_flat(index) and len(allowed_photos) <= SUBSET_SEARCH_MAX:
+            return _subset_ranked(snap, queries, want, allowed_photos, index)
         else:
             sel = faiss.IDSelectorBatch(len(allowed_photos), faiss.swig_ptr(allowed_photos))
             params = faiss.SearchParameters()
@@ -362,9 +427,7 @@ def _ranked(
             fetch = want * per_item
     while True:
         fetch = min(fetch, n)
-        scores, pids = (
-            snap.faiss.search(queries, fetch) if params is None else snap.faiss.search(queries, fetch, params=params)
-        )
+        scores, pids = index.search(queries, fetch) if params is None else index.search(queries, fetch, params=params)
         ranked = _first_per_item(snap, scores, pids, allowed_photos if post_filter else None, skip)
         exhausted = fetch >= n or (allowed_photos is not None and params is not None and fetch >= len(allowed_photos))
         if len(ranked) >= want or exhausted:
@@ -380,9 +443,11 @@ def _is_flat(index) -> bool:
     return isinstance(inner, faiss.IndexFlat)
 
 
-def _subset_ranked(snap: Snapshot, queries: np.ndarray, want: int, photos: np.ndarray) -> list[tuple[int, float, int]]:
+def _subset_ranked(
+    snap: Snapshot, queries: np.ndarray, want: int, photos: np.ndarray, index
+) -> list[tuple[int, float, int]]:
     """Exact search over the vectors of a small matching subset (approximate indexes would come back short)."""
-    vecs = np.asarray(snap.faiss.reconstruct_batch(photos), dtype=np.float32)
+    vecs = np.asarray(index.reconstruct_batch(photos), dtype=np.float32)
     scores = queries @ vecs.T
     order = np.argsort(-scores, axis=1)
     return _first_per_item(snap, np.take_along_axis(scores, order, 1), photos[order], None, set())[:want]
@@ -406,11 +471,11 @@ def _first_per_item(snap: Snapshot, scores, pids, allowed_photos, skip: set[int]
     return out
 
 
-def _mean_pooled(snap: Snapshot, queries: np.ndarray, ranked: list) -> list[tuple[int, float, int]]:
-    """Re-score candidates by the normalised mean of their photos (``item_pooling: mean``)."""
+def _mean_pooled(snap: Snapshot, queries: np.ndarray, ranked: list, *, augmented: bool = False) -> list:
+    """Re-score candidates by the normalised mean of their (raw or augmented) photos (``item_pooling: mean``)."""
     if not ranked:
         return ranked
-    vecs = snap.item_vectors([r[0] for r in ranked])
+    vecs = snap.item_vectors([r[0] for r in ranked], augmented=augmented)
     q = l2_normalize(queries.mean(axis=0))
     rescored = [(item, float(l2_normalize(vecs[item].mean(axis=0)) @ q), photo) for item, _, photo in ranked]
     return sorted(rescored, key=lambda r: -r[1])

@@ -64,6 +64,7 @@ class _Job:
     future: Future
     alone: bool  # searched on its own (many exclusions, or a filter that cannot be compared)
     group: tuple = ()
+    augment: str = "auto"  # see simsearch.search_augment.search_spec
 
 
 class Searcher:
@@ -94,6 +95,7 @@ class Searcher:
         *,
         exclude: Iterable[int] = (),
         filter: dict | str | None = None,
+        augment: str = "auto",
     ) -> Future:
         """Queue a search of one unit ``vector`` (the index's dim); the future gives its ``list[Hit]``."""
         k = int(k)
@@ -103,8 +105,10 @@ class Searcher:
         skip = frozenset(int(i) for i in exclude)
         fkey = _filter_key(filter)
         alone = fkey is None or len(skip) > self.spec.max_batched_exclude or k + len(skip) > LIMITS.max_k
-        job = _Job(index, vector, k, skip, filter, Future(), alone)
-        job.group = (id(index), fkey, id(job) if alone else None)
+        # augmented results are a merge of two rankings: exclusions must apply before it, not after
+        alone = alone or (bool(skip) and augment != "none" and index.snapshot.augmented is not None)
+        job = _Job(index, vector, k, skip, filter, Future(), alone, augment=augment)
+        job.group = (id(index), fkey, augment, id(job) if alone else None)
         self._ensure_worker()
         self._queue.put(job)
         return job.future
@@ -117,9 +121,10 @@ class Searcher:
         *,
         exclude: Iterable[int] = (),
         filter: dict | str | None = None,
+        augment: str = "auto",
     ) -> list[Hit]:
         """Blocks until the worker has searched ``vector``."""
-        return self.submit(index, vector, k, exclude=exclude, filter=filter).result()
+        return self.submit(index, vector, k, exclude=exclude, filter=filter, augment=augment).result()
 
     async def asearch(
         self,
@@ -129,9 +134,11 @@ class Searcher:
         *,
         exclude: Iterable[int] = (),
         filter: dict | str | None = None,
+        augment: str = "auto",
     ) -> list[Hit]:
         """:meth:`search` for an event loop: waits without holding a thread."""
-        return await asyncio.wrap_future(self.submit(index, vector, k, exclude=exclude, filter=filter))
+        future = self.submit(index, vector, k, exclude=exclude, filter=filter, augment=augment)
+        return await asyncio.wrap_future(future)
 
     def search_many(
         self,
@@ -141,9 +148,10 @@ class Searcher:
         *,
         exclude: Iterable[int] = (),
         filter: dict | str | None = None,
+        augment: str = "auto",
     ) -> list[list[Hit]]:
         """A batch the caller already has: searched at once in the calling thread (no queueing)."""
-        return search_vectors(index, vectors, k=k, exclude=exclude, filter=filter)
+        return search_vectors(index, vectors, k=k, exclude=exclude, filter=filter, augment=augment)
 
     # -- the worker
     def _ensure_worker(self) -> None:
@@ -204,11 +212,14 @@ class Searcher:
         try:
             head = jobs[0]
             vectors = np.stack([j.vector for j in jobs])
+            aug = head.augment
             if head.alone:
-                rows = search_vectors(head.index, vectors, k=head.k, exclude=head.exclude, filter=head.filter)
+                rows = search_vectors(
+                    head.index, vectors, k=head.k, exclude=head.exclude, filter=head.filter, augment=aug
+                )
             else:
                 fetch = max(j.k + len(j.exclude) for j in jobs)
-                rows = search_vectors(head.index, vectors, k=fetch, filter=head.filter)
+                rows = search_vectors(head.index, vectors, k=fetch, filter=head.filter, augment=aug)
             with self._lock:
                 self.batches += 1
                 self.queries += len(jobs)

@@ -171,13 +171,14 @@ def counting_engine(tiny_backbone):
 
 @pytest.fixture(scope="module")
 def built_index(tmp_path_factory, _register_tiny_backbone):
-    """A read-only index of the ``image_folder`` layout built with the tiny backbone (shared by a module)."""
+    """A read-only index of the ``image_folder`` layout built with the tiny backbone (shared by a module); raw
+    vectors only (``augment="none"``), so that searches are exact inner-product searches."""
     base = tmp_path_factory.mktemp("built")
     root = base / "photos"
     for rel, seed in LAYOUT.items():
         write_image(root / rel, seed)
     out = base / "index"
-    simsearch.index.build_index([root], out, backbone=TINY, batch_size=4, workers=2)
+    simsearch.index.build_index([root], out, backbone=TINY, batch_size=4, workers=2, augment="none")
     idx = simsearch.open_index(out)
     yield idx
     idx.close()
@@ -200,17 +201,20 @@ COLORS = {
 def make_color_index(tmp_path, tiny_backbone):
     """Factory: an index of solid-colour images whose vectors are their colours (``ColorEngine``).
 
-    ``make_color_index({"red/r1.png": (255, 0, 0), ...})``: results are predictable by hand.
+    ``make_color_index({"red/r1.png": (255, 0, 0), ...})``: results are predictable by hand (raw vectors only,
+    unless ``augment`` is given).
     """
     opened = []
 
-    def make(colors: dict[str, tuple[int, int, int]], name: str = "colors"):
+    def make(colors: dict[str, tuple[int, int, int]], name: str = "colors", augment: str = "none"):
         root = tmp_path / name
         for rel, rgb in colors.items():
             write_solid(root / rel, rgb)
         out = tmp_path / f"{name}-index"
         engine = ColorEngine(tiny_backbone)
-        simsearch.index.build_index([root], out, backbone=tiny_backbone, engine=engine, batch_size=4, workers=2)
+        simsearch.index.build_index(
+            [root], out, backbone=tiny_backbone, engine=engine, batch_size=4, workers=2, augment=augment
+        )
         idx = simsearch.open_index(out, backbone=tiny_backbone)
         idx.embedder_options = {"engine": engine}
         opened.append(idx)

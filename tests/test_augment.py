@@ -13,6 +13,7 @@ from simsearch.augment import (
     background_similarity,
     expand_query,
     guarded_merge,
+    guarded_rows,
     index_search,
     item_first,
     knn_graph,
@@ -200,6 +201,10 @@ def test_guarded_merge_and_item_first():
     assert guarded_merge(raw, aug, 2, 10).tolist() == [5, 6, 9, 1, 2]
     assert guarded_merge(raw, aug, 2, 3, first=9).tolist() == [9, 5, 6]
     assert guarded_merge(raw, aug, 0, 3).tolist() == [9, 6, 1]
+    assert guarded_merge(raw, aug, 2, 10, first=6).tolist() == [6, 5, 9, 1, 2]
+    rows = guarded_rows(np.stack([raw, raw, raw]), np.stack([aug, aug, aug]), 2, np.array([9, 6, 5]))
+    assert rows.tolist() == [[9, 5, 6, 1, 2, -1], [6, 5, 9, 1, 2, -1], [5, 6, 9, 1, 2, -1]]
+    assert guarded_rows(raw[None], aug[None], 0).tolist() == [aug.tolist()]
     spec = AugmentSpec(item_first=0.05)
     assert item_first(5, 0.90, 9, 0.88, spec) == 9
     assert item_first(5, 0.95, 9, 0.80, spec) == 5

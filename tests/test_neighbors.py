@@ -23,7 +23,17 @@ def flat_index(tmp_path_factory, tiny_backbone):
     root = base / "photos"
     files = write_files(root, 400)
     shutil.copy(files[7], root / "c7" / "copy-of-img000007.jpg")  # the fake embedder gives it the same vector
-    build_index([root], base / "idx", embedder=VectorEmbedder(tiny_backbone))
+    build_index([root], base / "idx", embedder=VectorEmbedder(tiny_backbone), augment="none")
+    idx = simsearch.open_index(base / "idx")
+    yield idx
+    idx.close()
+
+
+@pytest.fixture(scope="module")
+def augmented_index(tmp_path_factory, tiny_backbone):
+    base = tmp_path_factory.mktemp("neighbors-augmented")
+    write_files(base / "photos", 300)
+    build_index([base / "photos"], base / "idx", embedder=VectorEmbedder(tiny_backbone), augment="dba:k=5")
     idx = simsearch.open_index(base / "idx")
     yield idx
     idx.close()
@@ -61,6 +71,27 @@ def test_every_row_equals_exact_search(flat_index, tmp_path):
         np.testing.assert_allclose([g[2] for g in got], [h.score for h in expected], atol=1e-5)
     first = t.slice(0, 1).to_pylist()[0]
     assert first["item_path"] == flat_index.item(first["item_id"]).path
+
+
+def test_augmented_rows_equal_the_libraries_more_like_this(augmented_index, tmp_path):
+    idx = augmented_index
+    assert idx.snapshot.augmented is not None
+    r = compute_neighbors(idx, tmp_path / "aug.parquet", k=8, batch_size=50)
+    assert r["augmented"] and r["rows"] == 8 * len(idx)
+    rows = table_by_item(tmp_path / "aug.parquet")
+    differs = 0
+    for item_id in idx.ids()[::5]:
+        expected = idx.search(int(item_id), k=8)  # augmented: the index has augmented vectors
+        got = sorted(rows[int(item_id)])
+        assert [g[1] for g in got] == [h.id for h in expected]
+        np.testing.assert_allclose([g[2] for g in got], [h.score for h in expected], atol=1e-5)
+        differs += [h.id for h in expected] != [h.id for h in idx.search(int(item_id), k=8, augment="none")]
+    assert differs  # augmentation changed some lists
+    raw = compute_neighbors(idx, tmp_path / "raw.parquet", k=8, augment="none")
+    assert not raw["augmented"]
+    first = int(idx.ids()[0])
+    raw_rows = sorted(table_by_item(tmp_path / "raw.parquet")[first])
+    assert [g[1] for g in raw_rows] == [h.id for h in idx.search(first, k=8, augment="none")]
 
 
 def test_min_score_and_duplicates(flat_index, tmp_path):

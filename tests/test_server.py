@@ -47,7 +47,7 @@ def index_path(tmp_path_factory, _register_tiny_backbone):
     base = tmp_path_factory.mktemp("server")
     root = _make_collection(base / "photos")
     out = base / "index"
-    build_index([root], out, backbone=TINY, batch_size=4, workers=2)
+    build_index([root], out, backbone=TINY, batch_size=4, workers=2, augment="none")  # exact raw searches
     return out
 
 

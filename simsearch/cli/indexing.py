@@ -84,10 +84,15 @@ from ._common import command, main
 @click.option(
     "--commit-every", default=INDEX.commit_every, type=click.IntRange(1), hidden=True, help="Save every N photos."
 )
+@click.option(
+    "--augment",
+    help="Collection-side augmentation: dba (default for a new index), none, or dba:k=10,rounds=2,... "
+    "(see docs/augmentation.md) [default: the index's own setting].",
+)
 @command
 def index_cmd(
     folders, catalog, root, item_pooling, out, backbone, arch, index_factory, memory_budget, target_recall, prune, engine, precision, draft,
-    batch_size, workers, max_pixels, follow_symlinks, strict, address, commit_every, quiet,
+    batch_size, workers, max_pixels, follow_symlinks, strict, address, commit_every, augment, quiet,
 ):  # fmt: skip
     """Embed every image under FOLDERS (recursively), or every item of --catalog, into an index.
 
@@ -100,7 +105,7 @@ def index_cmd(
         list(folders) or None, out, catalog=catalog, root=root, item_pooling=item_pooling, backbone=bb, index_factory=index_factory, prune=prune, batch_size=batch_size,
         workers=workers, max_pixels=max_pixels, follow_symlinks=follow_symlinks, progress=not quiet,
         strict=strict, commit_every=commit_every, engine=engine, precision=precision, draft=draft,
-        engine_options={"address": address} if address else None, **scale,
+        engine_options={"address": address} if address else None, augment=augment, **scale,
     )  # fmt: skip
     used = getattr(r, "embedding", None)
     how = f", {used['engine']} {used['precision']}" if used else ""

@@ -19,8 +19,15 @@ log = logging.getLogger("simsearch")
 
 
 def result_options(fn):
-    """Options shared by query and recommend: filters and business rules."""
+    """Options shared by query and recommend: filters, business rules, augmentation."""
     options = [
+        click.option(
+            "--augment",
+            type=click.Choice(["auto", "on", "none"]),
+            default="auto",
+            show_default=True,
+            help="Search the index's augmented vectors (auto: when it has them) or the raw ones (none).",
+        ),
         click.option("--where", help="Filter on attributes, e.g. 'category = \"shoes\" and price < 100 and in_stock'."),
         click.option("--label", help="Only results with this label."),
         click.option("--path-prefix", help="Only results whose path starts with this."),
@@ -69,8 +76,9 @@ def _refs(values) -> list:
 @click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Also write the results as an HTML gallery.")
 @command
 def query_cmd(
-    index_path, images, ids, keys, k, where, label, path_prefix, fields, max_per, collapse_duplicates, html_out, quiet
-):
+    index_path, images, ids, keys, k, augment, where, label, path_prefix, fields, max_per, collapse_duplicates,
+    html_out, quiet,
+):  # fmt: skip
     """Find the nearest items of IMAGES, --id and --key items (several: their mean)."""
     if not images and not ids and not keys:
         raise SimsearchError("give a query image or --id ITEM (or --key KEY)")
@@ -80,7 +88,7 @@ def query_cmd(
             if idx.resolve_item(key) is None:
                 raise SimsearchError(f"no item with key {key!r} in {index_path}")
         query = list(ids) + list(keys) + list(images)
-        hits = idx.search(query, k=k, filter=filter, rules=rules)
+        hits = idx.search(query, k=k, filter=filter, rules=rules, augment=augment)
         if html_out:
             write_query_gallery(html_out, idx, query, hits)
             log.info("gallery written to %s", html_out)
@@ -97,14 +105,16 @@ def query_cmd(
 @result_options
 @command
 def recommend_cmd(
-    index_path, positive, negative, exclude, k, where, label, path_prefix, fields, max_per, collapse_duplicates, quiet
-):
+    index_path, positive, negative, exclude, k, augment, where, label, path_prefix, fields, max_per,
+    collapse_duplicates, quiet,
+):  # fmt: skip
     """Items like the positives and unlike the negatives."""
     filter, rules = _filter_and_rules(where, label, path_prefix, fields, max_per, collapse_duplicates)
     with open_index(index_path) as idx:
         hits = idx.recommend(
-            positive=_refs(positive), negative=_refs(negative), exclude=_refs(exclude), k=k, filter=filter, rules=rules
-        )
+            positive=_refs(positive), negative=_refs(negative), exclude=_refs(exclude), k=k, filter=filter, rules=rules,
+            augment=augment,
+        )  # fmt: skip
     return {"index": index_path, "results": [h.to_dict() for h in hits]}, hits_text(hits)
 
 
@@ -113,11 +123,19 @@ def recommend_cmd(
 @click.option("--labels", "labels_csv", type=click.Path(), help="CSV with path,label columns [default: folder names].")
 @click.option("--exclude-label", multiple=True, help="Leave out items with this label; repeatable.")
 @click.option("--classes", type=click.Choice(["all", "first-half", "second-half"]), default="all", show_default=True)
+@click.option(
+    "--augment",
+    help="Augmentation to compare with the raw vectors: dba, dba:k=10,rounds=2..., or none "
+    "[default: the index's own, or the default augmentation].",
+)
 @evaluate_options
 @command
-def evaluate_cmd(index_path, labels_csv, exclude_label, classes, classify, k, field, queries, min_confidence, report,
-                 quiet):  # fmt: skip
-    """Leave-one-out Recall@1/5/10 and MAP@R over labelled items (exact search).
+def evaluate_cmd(index_path, labels_csv, exclude_label, classes, augment, classify, k, field, queries, min_confidence,
+                 report, quiet):  # fmt: skip
+    """Recall@1/5/10 and MAP@R over labelled items (exact search), raw and augmented side by side.
+
+    Leave-one-out, or with --queries FIELD=VALUE (e.g. split=test) or a fraction (0.3) those items are new
+    queries: left out of the collection and of its augmentation, then searched like new images.
 
     With --classify: accuracy, macro precision/recall/F1, per class and the confusion matrix of
     similarity-weighted K-nearest-neighbour label votes, leave-one-out or for --queries FIELD=VALUE.
@@ -125,9 +143,15 @@ def evaluate_cmd(index_path, labels_csv, exclude_label, classes, classify, k, fi
     mine = {"k": k, "field": field, "queries": queries, "min_confidence": min_confidence, "report": report}
     if classify:
         return evaluate_classify(index_path, labels_csv, exclude_label, classes, **mine)
-    check_retrieval_options(**mine)
+    check_retrieval_options(**{**mine, "queries": None})
     with open_index(index_path) as idx:
-        r = evaluate_index(idx, labels_csv=labels_csv, exclude_labels=exclude_label, classes=classes)
-    rows = [[k, v] for k, v in r.items() if k.startswith(("recall", "map"))]
-    head = f"{r['items']} items in {r['classes']} classes ({classes})"
-    return r, head + "\n" + table(rows, ["metric", "value"])
+        r = evaluate_index(
+            idx, labels_csv=labels_csv, exclude_labels=exclude_label, classes=classes, queries=queries,
+            augment=augment,
+        )  # fmt: skip
+    aug = r.get("augmented") or {}
+    rows = [[m, v, aug.get(m, "")] for m, v in r.items() if m.startswith(("recall", "map"))]
+    head = f"{r['items']} items in {r['classes']} classes ({classes}), {r['protocol']}"
+    if aug:
+        head += f"\naugmented: {r['augment']['method']} k={r['augment']['k']} rounds={r['augment']['rounds']}"
+    return r, head + "\n" + table(rows, ["metric", "raw", "augmented" if aug else ""])

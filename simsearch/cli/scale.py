@@ -125,15 +125,24 @@ def export_cmd(index_path, out, fmt, batch_size, overwrite, quiet):
 )
 @click.option("--batch-size", default=2048, show_default=True, type=click.IntRange(1), help="Items per search batch.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option(
+    "--augment",
+    type=click.Choice(["auto", "on", "none"]),
+    default="auto",
+    show_default=True,
+    help="Lists in the augmented order (auto: when the index has augmented vectors) or the raw one (none).",
+)
 @command
-def neighbors_cmd(index_path, out, k, min_score, exclude_duplicates, self_exclude, batch_size, overwrite, quiet):
+def neighbors_cmd(
+    index_path, out, k, min_score, exclude_duplicates, self_exclude, batch_size, overwrite, augment, quiet
+):
     """Precompute every item's K nearest neighbours (item_id, item_path, neighbor_id, neighbor_path, rank, score).
 
     Uses the index's own search (exact for Flat, tuned ANN otherwise), in batches with bounded memory.
     """
     r = compute_neighbors(
         index_path, out, k=k, min_score=min_score, exclude_duplicates=exclude_duplicates, self_exclude=self_exclude,
-        batch_size=batch_size, progress=not quiet, overwrite=overwrite,
+        batch_size=batch_size, progress=not quiet, overwrite=overwrite, augment=augment,
     )  # fmt: skip
     rate = f" ({r['rows_per_second']:,.0f} rows/s)" if r["rows_per_second"] else ""
     return r, f"{r['out']}: {r['rows']:,} rows for {r['items']:,} items in {r['seconds']:.1f} s{rate}"

@@ -30,8 +30,9 @@ class AugmentSpec:
     - ``k``: neighbours averaged per item (and per expanded query); ``"auto"`` picks it per collection from the
       distribution of neighbour similarities (:func:`simsearch.augment.auto_k`).
     - ``power``: a neighbour at cosine ``s`` weighs ``s ** power`` (the item itself weighs 1).
-    - ``gap``: per-item cut-off: neighbours after the first drop of more than ``gap`` in cosine between consecutive
-      neighbours are left out (a group of near-copies is not averaged with the rest); None keeps all ``k``.
+    - ``auto_fraction``: with ``k = "auto"``, ``k`` is the number of neighbour ranks whose median cosine is at
+      least ``background + auto_fraction * (median top-1 cosine - background)``, ``background`` being the median
+      cosine of random pairs (at most ``AUTO_K_MAX``).
     - ``rounds``: averaging rounds over the same neighbour graph (2 = neighbours of neighbours contribute too).
     - ``expand_queries``: expand a new query vector over the augmented vectors of its nearest items (alpha-QE
       with weights ``s ** power``) before searching the augmented vectors.
@@ -44,13 +45,13 @@ class AugmentSpec:
     """
 
     method: str = "dba"
-    k: int | str = 10
+    k: int | str = "auto"
     power: float = 3.0
-    gap: float | None = None
     rounds: int = 2
     expand_queries: bool = True
     guard: int = 5
-    item_first: float | None = 0.05
+    item_first: float | None = 0.035
+    auto_fraction: float = 0.75
 
     def __post_init__(self) -> None:
         if self.method not in AUGMENT_METHODS:
@@ -61,8 +62,7 @@ class AugmentSpec:
         elif isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= MAX_AUGMENT_K:
             raise AugmentSpecError(f"augment k must be a whole number 1-{MAX_AUGMENT_K} or 'auto', not {self.k!r}")
         _check_number("power", self.power, 0.0, 20.0)
-        if self.gap is not None:
-            _check_number("gap", self.gap, 0.0, 2.0, open_low=True)
+        _check_number("auto_fraction", self.auto_fraction, 0.0, 1.0)
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or not 1 <= self.rounds <= MAX_ROUNDS:
             raise AugmentSpecError(f"augment rounds must be a whole number 1-{MAX_ROUNDS}, not {self.rounds!r}")
         if not isinstance(self.expand_queries, bool):
@@ -140,7 +140,7 @@ def _check_number(name: str, value: Any, low: float, high: float, *, open_low: b
 
 
 def _parse_value(key: str, value: str) -> Any:
-    if key in ("gap", "item_first") and value.lower() in ("none", "off", ""):
+    if key == "item_first" and value.lower() in ("none", "off", ""):
         return None
     if key == "expand_queries":
         if value.lower() in ("1", "true", "yes", "on"):

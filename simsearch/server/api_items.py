@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mimetypes
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -37,6 +37,9 @@ LabelQ = Annotated[
     Query(max_length=LIMITS.serve_max_values, description="Only results with this label (repeatable: any of them)."),
 ]
 PrefixQ = Annotated[Text | None, Query(description="Only results whose path starts with this.")]
+AugmentQ = Annotated[
+    Literal["auto", "on", "none"], Query(description="auto: the augmented vectors when the index has them; none: raw.")
+]
 _FILE_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox; default-src 'none'"}
 
 
@@ -49,17 +52,24 @@ def item_route(item: ItemRef, state: State, request: Request):
 
 @router.get("/items/{item}/similar", response_model=SearchResponse, summary="More like this item (not itself)")
 async def similar_route(
-    item: ItemRef, state: State, request: Request, k: K = 10, label: LabelQ = None, path_prefix: PrefixQ = None
+    item: ItemRef,
+    state: State,
+    request: Request,
+    k: K = 10,
+    label: LabelQ = None,
+    path_prefix: PrefixQ = None,
+    augment: AugmentQ = "auto",
 ) -> JSONResponse:
     t0 = time.perf_counter()
     with state.index() as index:
         item_id = resolve_item(index, item)
         flt = filter_of(label, path_prefix)
         photos = index.item_vectors(item_id)
-        if photos is not None and len(photos) == 1:  # one query vector: it can share a batched search
-            hits = await state.searcher.asearch(index, photos[0], k, exclude=[item_id], filter=flt)
-        else:  # an item with several photos is searched by all of them (the library's item pooling)
-            hits = await run_in_threadpool(search, index, item_id, k, filter=flt)
+        augmented = augment != "none" and index.snapshot.augmented is not None
+        if photos is not None and len(photos) == 1 and not augmented:  # one query vector: a batched search
+            hits = await state.searcher.asearch(index, photos[0], k, exclude=[item_id], filter=flt, augment="none")
+        else:  # by the item itself: all its photos (item pooling), its own augmented vectors
+            hits = await run_in_threadpool(lambda: search(index, item_id, k, filter=flt, augment=augment))
     return answer(state, request, hits, k, t0)
 
 

@@ -73,6 +73,7 @@ _IMAGE_FORM = {
             "description": "Only results with one of these labels.",
         },
         "path_prefix": {"type": "string", "description": "Only results under this path."},
+        "augment": {"type": "string", "enum": ["auto", "on", "none"], "default": "auto"},
     },
 }
 
@@ -114,19 +115,27 @@ async def search_route(request: Request, state: State):
             "k": form.get("k"),
             "label": form.getlist("label"),
             "path_prefix": form.get("path_prefix"),
+            "augment": form.get("augment"),
         }
         return await _search_image(state, request, data, fields, t0)
     if ctype.startswith("image/") or ctype == "application/octet-stream":
         data = await request.body()
         q = request.query_params
-        fields = {"k": q.get("k"), "label": q.getlist("label"), "path_prefix": q.get("path_prefix")}
+        fields = {
+            "k": q.get("k"),
+            "label": q.getlist("label"),
+            "path_prefix": q.get("path_prefix"),
+            "augment": q.get("augment"),
+        }
         return await _search_image(state, request, data, fields, t0)
     req = await read_json(request, SearchRequest)
     # in the event loop: parsing is quick and the search waits in the searcher, not in a thread
     with state.index() as index:
         vector = unit_rows(index, [req.vector], single=True)[0]
         exclude = known_ids(index, req.exclude)
-        hits = await state.searcher.asearch(index, vector, req.k, exclude=exclude, filter=filter_value(req.filter))
+        hits = await state.searcher.asearch(
+            index, vector, req.k, exclude=exclude, filter=filter_value(req.filter), augment=req.augment
+        )
     return answer(state, request, hits, req.k, t0)
 
 
@@ -140,7 +149,7 @@ async def _search_image(state: ServiceState, request: Request, data: bytes, fiel
     def run():
         with state.index() as index:
             vec = state.embed_image(index, data)
-            return state.searcher.search(index, vec, p.k, filter=filter_of(p.label, p.path_prefix))
+            return state.searcher.search(index, vec, p.k, filter=filter_of(p.label, p.path_prefix), augment=p.augment)
 
     return answer(state, request, await run_in_threadpool(run), p.k, t0)
 
@@ -160,7 +169,8 @@ async def search_batch(request: Request, state: State):
         with state.index() as index:
             vectors = unit_rows(index, req.vectors)
             exclude = known_ids(index, req.exclude)
-            return state.searcher.search_many(index, vectors, req.k, exclude=exclude, filter=filter_value(req.filter))
+            flt = filter_value(req.filter)
+            return state.searcher.search_many(index, vectors, req.k, exclude=exclude, filter=flt, augment=req.augment)
 
     rows = await run_in_threadpool(run)
     base, expose = base_url(request), state.spec.expose_paths
@@ -183,7 +193,7 @@ async def recommend_route(request: Request, state: State):
             positive, negative = ids[: len(req.positive)], ids[len(req.positive) :]
             return recommend(
                 index, positive=positive, negative=negative, exclude=known_ids(index, req.exclude), k=req.k,
-                negative_weight=req.negative_weight, filter=filter_value(req.filter),
+                negative_weight=req.negative_weight, filter=filter_value(req.filter), augment=req.augment,
             )  # fmt: skip
 
     return answer(state, request, await run_in_threadpool(run), req.k, t0)

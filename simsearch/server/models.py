@@ -7,7 +7,7 @@ k, ids). A request over a limit is answered 422 with the limit in the message.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -79,6 +79,12 @@ def filter_of(labels: list[str] | None, path_prefix: str | None) -> dict | None:
     return Filter(label=[x for x in labels or [] if x] or None, path_prefix=path_prefix or None).as_dict()
 
 
+AugmentT = Annotated[
+    Literal["auto", "on", "none"],
+    Field(description="auto: the index's augmented vectors when it has them; none: the raw ones; on: require them."),
+]
+
+
 class SearchRequest(_Base):
     """Search with a vector (the index's dimension, e.g. from another call or a model of the same backbone)."""
 
@@ -90,6 +96,7 @@ class SearchRequest(_Base):
     exclude: list[ItemRefT] = Field(
         default_factory=list, max_length=LIMITS.serve_max_ids, description="Items never to return (ids or keys)."
     )
+    augment: AugmentT = "auto"
 
 
 class ImageSearchParams(_Base):
@@ -98,6 +105,7 @@ class ImageSearchParams(_Base):
     k: K = 10
     label: list[Text] = Field(default_factory=list, max_length=LIMITS.serve_max_values)
     path_prefix: Text | None = None
+    augment: AugmentT = "auto"
 
 
 class BatchSearchRequest(_Base):
@@ -109,6 +117,7 @@ class BatchSearchRequest(_Base):
     k: K = 10
     filter: FilterT = None
     exclude: list[ItemRefT] = Field(default_factory=list, max_length=LIMITS.serve_max_ids)
+    augment: AugmentT = "auto"
 
     @model_validator(mode="after")
     def _bounded_work(self):
@@ -130,6 +139,7 @@ class RecommendRequest(_Base):
     k: K = 20
     filter: FilterT = None
     negative_weight: float = Field(0.5, ge=0.0, le=10.0)
+    augment: AugmentT = "auto"
 
     @model_validator(mode="after")
     def _bounded_ids(self):

@@ -8,17 +8,28 @@ from .generation import (
     DEFAULT_FACTORY,
     GenerationWriter,
     faiss_message,
+    load_augmented,
     load_generation,
     new_faiss_index,
     now,
     writer_lock,
 )
-from .manifest import ATTRIBUTE_TYPES, FORMAT_VERSION, MANIFEST, METRIC, Manifest, published_generation, read_manifest
+from .manifest import (
+    ATTRIBUTE_TYPES,
+    AUGMENT_KEY,
+    FORMAT_VERSION,
+    MANIFEST,
+    METRIC,
+    Manifest,
+    published_generation,
+    read_manifest,
+)
 from .metadata import Item, Metadata, Photo, db_path, folder_key, label_from_path, py_path, safe_relpath
 from .reader import Snapshot
 
 __all__ = [
     "ATTRIBUTE_TYPES",
+    "AUGMENT_KEY",
     "DEFAULT_FACTORY",
     "FORMAT_VERSION",
     "MANIFEST",
@@ -33,6 +44,7 @@ __all__ = [
     "faiss_message",
     "folder_key",
     "label_from_path",
+    "load_augmented",
     "load_generation",
     "new_faiss_index",
     "now",

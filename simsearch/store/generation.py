@@ -4,6 +4,8 @@ Layout of ``indexes/<name>/``::
 
     manifest.json          the commit point: names the current generation's files (replaced atomically)
     vectors-<gen>.faiss    FAISS index (IndexIDMap2 over the factory string; ids are photo ids)
+    augmented-<gen>.faiss  the same ids' augmented vectors (only with augmentation, see simsearch.augment_index)
+    graph-<gen>.npz        the raw vectors' neighbour graph they were computed from (for incremental updates)
     meta-<gen>.sqlite      items, photos and skipped files (see :mod:`simsearch.store.metadata`)
     delta.sqlite           live writes not yet folded into a generation (see :mod:`simsearch.store.delta`)
     skipped.csv            human-readable report of files that could not be indexed
@@ -31,7 +33,7 @@ import numpy as np
 
 from ..atomic import atomic_write_text, fsync_dir, fsync_file
 from ..errors import IndexFormatError, IndexLockedError, SimsearchError
-from .manifest import FORMAT_VERSION, MANIFEST, Manifest, published_generation
+from .manifest import AUGMENT_KEY, FORMAT_VERSION, MANIFEST, Manifest, published_generation
 from .metadata import SCHEMA, Metadata, attrs_json, py_path, ro_uri
 from .migrate import migrate_v1
 
@@ -129,6 +131,33 @@ def load_generation(path: Path, m: Manifest, *, mmap: bool = False) -> tuple[obj
     return index, meta
 
 
+def load_augmented(path: Path, m: Manifest, *, mmap: bool = False, graph: bool = False):
+    """The augmented FAISS index of generation ``m`` (and with ``graph`` its neighbour-graph arrays), or None
+    when the generation has none. Checked against the raw index's size."""
+    import faiss
+
+    if not m.augmented:
+        return None
+    aug_path = path / m.augmented_file
+    try:
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+        index = faiss.read_index(str(aug_path), flags)
+    except RuntimeError as e:
+        if not aug_path.exists():
+            raise FileNotFoundError(aug_path) from None
+        raise IndexFormatError(f"{aug_path}: cannot read FAISS index ({faiss_message(e)})") from None
+    if index.ntotal != m.count or index.d != m.dim:
+        raise IndexFormatError(f"{aug_path}: {index.ntotal} augmented vectors of dim {index.d}, expected {m.count}")
+    if not graph:
+        return index
+    try:
+        with np.load(path / m.graph_file) as z:
+            arrays = {name: z[name] for name in z.files}
+    except (OSError, ValueError) as e:
+        raise IndexFormatError(f"{path / m.graph_file}: cannot read neighbour graph ({e})") from None
+    return index, arrays
+
+
 @contextlib.contextmanager
 def writer_lock(path: Path) -> Iterator[None]:
     """Exclusive, non-blocking lock for writers of one index (released when the process dies)."""
@@ -182,6 +211,7 @@ class GenerationWriter:
         self.meta = Metadata(self.db, self.m.roots, str(path))
         self.pending_train: list[tuple[np.ndarray, np.ndarray]] = []
         self.dirty = base is None or base.format_version != FORMAT_VERSION  # new or older: written even if unchanged
+        self.augmented: tuple[object, dict[str, np.ndarray], dict] | None = None  # for the next commit only
 
     # -- manifest fields the build step changes
     def update_manifest(self, **changes) -> None:
@@ -264,6 +294,12 @@ class GenerationWriter:
         self.faiss = faiss_index
         self.update_manifest(index_factory=index_factory, extra=dict(extra if extra is not None else self.m.extra))
 
+    def set_augmented(self, faiss_index, graph: dict[str, np.ndarray], record: dict) -> None:
+        """Augmented vectors (same ids as the raw index), their neighbour graph and record, written by the next
+        commit. A commit without them publishes a generation without augmented vectors (searches use raw)."""
+        self.augmented = (faiss_index, graph, dict(record))
+        self.dirty = True
+
     # -- skipped files
     def skip(self, rows: Sequence[tuple]) -> None:
         self.dirty = self.dirty or bool(rows)
@@ -331,11 +367,31 @@ class GenerationWriter:
             skipped=int(skipped),
             updated=now(),
         )
+        augmented = self.augmented
+        if augmented is not None:
+            if augmented[0].ntotal != photos:
+                raise SimsearchError(f"internal error: {augmented[0].ntotal} augmented vectors but {photos} photos")
+            new = dataclasses.replace(
+                new, extra={**new.extra, AUGMENT_KEY: {**augmented[2], "generation": new.generation}}
+            )
+        elif new.augment_record is not None:  # the spec stays; this generation has no augmented vectors
+            new = dataclasses.replace(new, extra={**new.extra, AUGMENT_KEY: {**new.augment_record, "generation": None}})
         vec_tmp = self.path / f".{new.vectors_file}.tmp"
         db_closed = False
+        written = [vec_tmp, self.path / new.vectors_file, self.path / new.metadata_file]
         try:
             try:
                 faiss.write_index(self.faiss, str(vec_tmp))
+                if augmented is not None:
+                    aug_tmp = self.path / f".{new.augmented_file}.tmp"
+                    graph_tmp = self.path / f".{new.graph_file}.tmp"
+                    written += [aug_tmp, graph_tmp, self.path / new.augmented_file, self.path / new.graph_file]
+                    faiss.write_index(augmented[0], str(aug_tmp))
+                    with open(graph_tmp, "wb") as f:
+                        np.savez(f, **augmented[1])
+                    for tmp, final in ((aug_tmp, new.augmented_file), (graph_tmp, new.graph_file)):
+                        fsync_file(tmp)
+                        os.replace(tmp, self.path / final)
             except RuntimeError as e:  # FAISS reports write errors (disk full, permissions) as RuntimeError
                 raise OSError(faiss_message(e)) from None
             fsync_file(vec_tmp)
@@ -350,7 +406,7 @@ class GenerationWriter:
         except (OSError, sqlite3.Error) as e:
             reason = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
             if published_generation(self.path) != new.generation:
-                for f in (vec_tmp, self.path / new.vectors_file, self.path / new.metadata_file):
+                for f in written:
                     with contextlib.suppress(OSError):
                         f.unlink()
                 raise SimsearchError(
@@ -365,6 +421,7 @@ class GenerationWriter:
                 self.meta = Metadata(self.db, new.roots, str(self.path))
         self.m = new
         self.dirty = False
+        self.augmented = None
         self._write_skip_report()
         self._remove_old_generations(keep={old.generation, new.generation})
         return True
@@ -379,7 +436,8 @@ class GenerationWriter:
 
     def _remove_stale_files(self) -> None:
         """Leftovers of writers that were killed (we hold the lock: no other writer is running)."""
-        for pattern in (".meta-next-*", ".vectors-*.tmp", f".{MANIFEST}.tmp-*", ".skipped.csv.tmp-*"):
+        patterns = (".meta-next-*", ".vectors-*.tmp", ".augmented-*.tmp", ".graph-*.tmp", f".{MANIFEST}.tmp-*")
+        for pattern in (*patterns, ".skipped.csv.tmp-*"):
             for f in self.path.glob(pattern):
                 with contextlib.suppress(OSError):
                     f.unlink()
@@ -389,7 +447,9 @@ class GenerationWriter:
     def _remove_old_generations(self, keep: set[int]) -> None:
         for f in self.path.iterdir():
             name = f.name
-            if name.startswith(("vectors-", "meta-")) and name.endswith((".faiss", ".sqlite")):
+            if name.startswith(("vectors-", "meta-", "augmented-", "graph-")) and name.endswith(
+                (".faiss", ".sqlite", ".npz")
+            ):
                 try:
                     gen = int(name.split("-", 1)[1].split(".")[0])
                 except ValueError:
@@ -403,9 +463,10 @@ class GenerationWriter:
             self.db.close()
         with contextlib.suppress(FileNotFoundError):
             self.tmp_meta.unlink()
-        for f in self.path.glob(".vectors-*.tmp"):
-            with contextlib.suppress(OSError):
-                f.unlink()
+        for pattern in (".vectors-*.tmp", ".augmented-*.tmp", ".graph-*.tmp"):
+            for f in self.path.glob(pattern):
+                with contextlib.suppress(OSError):
+                    f.unlink()
 
 
 def _ids(ids) -> str:

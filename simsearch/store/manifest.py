@@ -27,6 +27,7 @@ METRIC = "inner_product"  # on L2-normalised vectors: cosine similarity
 ATTRIBUTE_TYPES = ("int", "float", "bool", "str", "tags")
 ITEM_POOLINGS = ("max", "mean")
 FOLDER_SCHEMA = {"label": "str"}
+AUGMENT_KEY = "augment"  # manifest extra: augmentation spec and record (see simsearch.augment_index)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,28 @@ class Manifest:
     @property
     def metadata_file(self) -> str:
         return f"meta-{self.generation:06d}.sqlite"
+
+    @property
+    def augmented_file(self) -> str:
+        """The augmented vectors of this generation (same ids as :attr:`vectors_file`), when it has them."""
+        return f"augmented-{self.generation:06d}.faiss"
+
+    @property
+    def graph_file(self) -> str:
+        """The raw vectors' neighbour graph the augmented vectors were computed from (incremental updates)."""
+        return f"graph-{self.generation:06d}.npz"
+
+    @property
+    def augment_record(self) -> dict | None:
+        """``extra["augment"]``: the augmentation spec and how it was computed, or None for an index without."""
+        rec = self.extra.get(AUGMENT_KEY)
+        return rec if isinstance(rec, dict) else None
+
+    @property
+    def augmented(self) -> bool:
+        """Whether this generation has augmented vectors (a run that stopped half-way leaves only raw ones)."""
+        rec = self.augment_record
+        return rec is not None and rec.get("generation") == self.generation
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "manifest") -> Manifest:

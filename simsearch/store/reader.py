@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import IndexFormatError
 from ..filters import AttributeTable
-from .generation import load_generation
+from .generation import load_augmented, load_generation
 from .manifest import MANIFEST, Manifest, read_manifest
 from .metadata import Metadata
 
@@ -24,11 +24,14 @@ class Snapshot:
     of single-photo items never needs them) and kept for the life of the snapshot.
     """
 
-    def __init__(self, path: Path, manifest: Manifest, faiss_index, meta: Metadata, *, mmap: bool = False):
+    def __init__(
+        self, path: Path, manifest: Manifest, faiss_index, meta: Metadata, *, mmap: bool = False, augmented=None
+    ):
         self.path = path
         self.mmap = mmap
         self.manifest = manifest
         self.faiss = faiss_index
+        self.augmented = augmented  # FAISS index of the augmented vectors (same ids), or None
         self.meta = meta
         self._lock = threading.Lock()
         self._photo_map: tuple[np.ndarray, np.ndarray] | None = None
@@ -45,7 +48,12 @@ class Snapshot:
             manifest = read_manifest(path)
             try:
                 faiss_index, meta = load_generation(path, manifest, mmap=mmap)
-                return cls(path, manifest, faiss_index, meta, mmap=mmap)
+                try:
+                    augmented = load_augmented(path, manifest, mmap=mmap)
+                except BaseException:
+                    meta.close()
+                    raise
+                return cls(path, manifest, faiss_index, meta, mmap=mmap, augmented=augmented)
             except FileNotFoundError:
                 if attempt == OPEN_RETRIES - 1:
                     raise IndexFormatError(f"{path}: files of generation {manifest.generation} are missing") from None
@@ -92,13 +100,14 @@ class Snapshot:
         pids, items = self.photo_map()
         return pids[np.isin(items, np.asarray(list(item_ids), dtype=np.int64))]
 
-    def item_vectors(self, item_ids) -> dict[int, np.ndarray]:
-        """The photo vectors of each item, ``{item id: (n_photos, dim)}``."""
+    def item_vectors(self, item_ids, *, augmented: bool = False) -> dict[int, np.ndarray]:
+        """The photo vectors (or ``augmented`` ones) of each item, ``{item id: (n_photos, dim)}``."""
         pids, items = self.photo_map()
         wanted = np.asarray(list(item_ids), dtype=np.int64)
         mask = np.isin(items, wanted)
         sel_p, sel_i = pids[mask], items[mask]
         if len(sel_p) == 0:
             return {}
-        vecs = np.asarray(self.faiss.reconstruct_batch(sel_p), dtype=np.float32)
+        source = self.augmented if augmented and self.augmented is not None else self.faiss
+        vecs = np.asarray(source.reconstruct_batch(sel_p), dtype=np.float32)
         return {int(i): vecs[sel_i == i] for i in np.unique(sel_i)}
