@@ -435,9 +435,10 @@ class Index:
         d["path"] = str(self.path)
         d["labels"] = len([k for k in self.label_counts() if k is not None])
         d["faiss_ntotal"] = int(self.faiss.ntotal)
-        d["size_bytes"] = sum(
-            (self.path / f).stat().st_size for f in (self.manifest.vectors_file, self.manifest.metadata_file, MANIFEST)
-        )
+        files = [self.manifest.vectors_file, self.manifest.metadata_file, MANIFEST]
+        if self.manifest.augmented:
+            files += [self.manifest.augmented_file, self.manifest.graph_file]
+        d["size_bytes"] = sum((self.path / f).stat().st_size for f in files if (self.path / f).exists())
         return d
 
 

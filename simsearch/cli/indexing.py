@@ -141,6 +141,17 @@ def info_cmd(index_path, quiet):
     auto = describe(AutoIndexRecord.from_extra(m.extra, str(idx.path)), m.count, m.index_factory)
     info.update({k: v for k, v in auto.items() if k != "lines"})
     text += "".join(f"\n{k:>18}: {v}" for k, v in auto["lines"])
+    rec = m.augment_record
+    if rec:
+        spec = rec.get("spec", {})
+        how = (
+            f"{spec.get('method')} k={rec.get('k')} ({'auto' if spec.get('k') == 'auto' else 'fixed'}), "
+            f"rounds={spec.get('rounds')}, guard={spec.get('guard')}, {rec.get('graph')} graph, "
+            f"last update {rec.get('mode')}: {rec.get('recomputed')} recomputed in {rec.get('seconds')} s"
+        )
+        text += f"\n{'augmentation':>18}: " + (how if m.augmented else "none in this generation (an interrupted run)")
+    else:
+        text += f"\n{'augmentation':>18}: none"
     return info, text
 
 
