@@ -343,12 +343,20 @@ def _search_augmented(live: LiveState, queries, k: int, skip: set[int], allowed,
     base_skip = skip | live.hidden
     photos = snap.photos_of([item]) if item is not None and item not in live.hidden else np.zeros(0, np.int64)
     item_query = len(photos) > 0
-    q_aug = augmented_vectors(snap, photos) if item_query else expand(snap, queries, spec)
+    n = int(snap.faiss.ntotal)
+    found = None
+    if allowed is None and snap.single_photo and n:  # one raw search gives the guard and the expansion
+        skipped = len(snap.photos_of(base_skip)) if base_skip else 0
+        fetch = min(n, max(0 if item_query else int(spec.k), spec.guard + 1) + skipped)
+        found = snap.faiss.search(np.ascontiguousarray(queries, dtype=np.float32), fetch)
+    q_aug = augmented_vectors(snap, photos) if item_query else expand(snap, queries, spec, found)
     live_aug = None if live.matrix is None else expand(snap, live.matrix, spec)
-    raw: list = []
-    if spec.guard or item_query:
-        raw, _ = _collect(snap, queries, spec.guard + 1, allowed, base_skip, _live_ranked(live, queries, filter, skip),
-                          augmented=False)  # fmt: skip
+    live_raw = _live_ranked(live, queries, filter, skip)
+    if found is not None:
+        stored = _first_per_item(snap, found[0], found[1], None, base_skip)
+        raw = (sorted(stored + live_raw, key=lambda r: -r[1]) if live_raw else stored)[: spec.guard + 1]
+    else:
+        raw, _ = _collect(snap, queries, spec.guard + 1, allowed, base_skip, live_raw, augmented=False)
     live_ranked = _live_ranked(live, q_aug, filter, skip, matrix=live_aug)
     live_rows = {} if live.owners is None else {int(p): r for r, p in enumerate(_live_photo_ids(live))}
 

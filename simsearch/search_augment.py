@@ -56,12 +56,15 @@ def augmented_vectors(snap: Snapshot, photo_ids: np.ndarray) -> np.ndarray:
     return np.asarray(snap.augmented.reconstruct_batch(ids), dtype=np.float32)
 
 
-def expand(snap: Snapshot, queries: np.ndarray, spec: AugmentSpec) -> np.ndarray:
-    """New query vectors expanded over the augmented vectors of their ``k`` nearest stored photos (raw search)."""
+def expand(snap: Snapshot, queries: np.ndarray, spec: AugmentSpec, found=None) -> np.ndarray:
+    """New query vectors expanded over the augmented vectors of their ``k`` nearest stored photos (raw search;
+    ``found``: that search's ``(sims, photo ids)`` when the caller already has at least ``k`` columns)."""
     if not spec.expand_queries or snap.faiss.ntotal == 0:
         return queries
     k = min(int(spec.k), int(snap.faiss.ntotal))
-    sims, pids = snap.faiss.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    if found is None or found[1].shape[1] < k:
+        found = snap.faiss.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    sims, pids = found[0][:, :k], found[1][:, :k]
     found = pids >= 0
     vecs = np.zeros((*pids.shape, queries.shape[1]), np.float32)
     if found.any():
