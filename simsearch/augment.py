@@ -364,6 +364,7 @@ def _entrants(vectors, ids, stable, fresh_rows, width, exact: bool, search: Sear
             cand[start : start + len(part)] = search(vectors[part], take)[1]
         return cand
     # approximate: a fresh item may enter the lists of the stable items among its REVERSE_WIDTH x width nearest
+    assert search is not None
     wide = min(REVERSE_WIDTH * width + 1, len(ids))
     found = np.concatenate(
         [
@@ -478,7 +479,7 @@ def auto_k(graph: KnnGraph, background: float, *, fraction: float = 0.75, k_max:
     if not len(med) or not np.isfinite(med[0]):
         return 1
     threshold = background + fraction * (med[0] - background)
-    return int(max(1, np.count_nonzero(med >= threshold)))
+    return max(1, int(np.count_nonzero(med >= threshold)))
 
 
 def background_similarity(vectors: np.ndarray, *, pairs: int = 20_000, seed: int = 0) -> float:

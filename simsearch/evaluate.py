@@ -183,7 +183,7 @@ def evaluate_index(
     q_mask = _query_mask(index, rows, ids_arr, queries, seed)
     spec = _evaluation_spec(index, augment)
     if q_mask is None:
-        result = retrieval_metrics(vectors, lab, ks)
+        result = retrieval_metrics(vectors, lab.tolist(), ks)
         result["protocol"] = "leave-one-out"
     else:
         result = _new_query_metrics(vectors, lab, q_mask, ks)

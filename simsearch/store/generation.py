@@ -28,6 +28,7 @@ import shutil
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -211,7 +212,7 @@ class GenerationWriter:
         self.meta = Metadata(self.db, self.m.roots, str(path))
         self.pending_train: list[tuple[np.ndarray, np.ndarray]] = []
         self.dirty = base is None or base.format_version != FORMAT_VERSION  # new or older: written even if unchanged
-        self.augmented: tuple[object, dict[str, np.ndarray], dict] | None = None  # for the next commit only
+        self.augmented: tuple[Any, dict[str, np.ndarray], dict] | None = None  # for the next commit only
 
     # -- manifest fields the build step changes
     def update_manifest(self, **changes) -> None:
@@ -294,7 +295,7 @@ class GenerationWriter:
         self.faiss = faiss_index
         self.update_manifest(index_factory=index_factory, extra=dict(extra if extra is not None else self.m.extra))
 
-    def set_augmented(self, faiss_index, graph: dict[str, np.ndarray], record: dict) -> None:
+    def set_augmented(self, faiss_index: Any, graph: dict[str, np.ndarray], record: dict) -> None:
         """Augmented vectors (same ids as the raw index), their neighbour graph and record, written by the next
         commit. A commit without them publishes a generation without augmented vectors (searches use raw)."""
         self.augmented = (faiss_index, graph, dict(record))
@@ -378,7 +379,7 @@ class GenerationWriter:
             new = dataclasses.replace(new, extra={**new.extra, AUGMENT_KEY: {**new.augment_record, "generation": None}})
         vec_tmp = self.path / f".{new.vectors_file}.tmp"
         db_closed = False
-        written = [vec_tmp, self.path / new.vectors_file, self.path / new.metadata_file]
+        written: list[Path] = [vec_tmp, self.path / new.vectors_file, self.path / new.metadata_file]
         try:
             try:
                 faiss.write_index(self.faiss, str(vec_tmp))
@@ -387,8 +388,8 @@ class GenerationWriter:
                     graph_tmp = self.path / f".{new.graph_file}.tmp"
                     written += [aug_tmp, graph_tmp, self.path / new.augmented_file, self.path / new.graph_file]
                     faiss.write_index(augmented[0], str(aug_tmp))
-                    with open(graph_tmp, "wb") as f:
-                        np.savez(f, **augmented[1])
+                    with open(graph_tmp, "wb") as out:
+                        np.savez(out, **augmented[1])  # type: ignore[arg-type]
                     for tmp, final in ((aug_tmp, new.augmented_file), (graph_tmp, new.graph_file)):
                         fsync_file(tmp)
                         os.replace(tmp, self.path / final)
