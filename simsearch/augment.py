@@ -29,6 +29,7 @@ Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 """``search(queries, k) -> (sims, ids)``: the ``k`` best items by inner product, best first; id -1 when fewer."""
 
 BLOCK = 4096
+_ROWS = 1024  # rows averaged at a time
 REVERSE_WIDTH = 4  # approximate updates: a new item may enter the lists of its 4 x width nearest items
 
 
@@ -244,13 +245,19 @@ def propagate(vectors: np.ndarray, graph: KnnGraph, spec: AugmentSpec, targets: 
     have_rows = np.arange(len(graph)) if full else with_neighbours(plan[0])
     have = vectors if full else vectors[have_rows]
     for rows in plan:
-        out = have[np.searchsorted(have_rows, rows)]  # fancy indexing: a copy
-        for c in range(k):
-            ok = nbr[rows, c] >= 0
-            if ok.any():
-                src = np.searchsorted(have_rows, nbr[rows[ok], c])
-                out[ok] += weights[rows[ok], c, None] * have[src]
-        have_rows, have = rows, _normalize(out)
+        out = np.empty((len(rows), vectors.shape[1]), np.float32)
+        for start in range(0, len(rows), _ROWS):  # blocks of rows: the temporaries stay small
+            part = rows[start : start + _ROWS]
+            acc = have[np.searchsorted(have_rows, part)]  # fancy indexing: a copy
+            for c in range(k):
+                col = nbr[part, c]
+                ok = col >= 0
+                if ok.all():
+                    acc += weights[part, c, None] * have[np.searchsorted(have_rows, col)]
+                elif ok.any():
+                    acc[ok] += weights[part[ok], c, None] * have[np.searchsorted(have_rows, col[ok])]
+            out[start : start + len(part)] = _normalize(acc)
+        have_rows, have = rows, out
     return have[np.searchsorted(have_rows, targets)]
 
 
