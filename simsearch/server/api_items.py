@@ -7,6 +7,7 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -156,3 +157,15 @@ async def labels_route(
 
     counts = await run_in_threadpool(run)
     return {"labels": [{"label": lab, "count": n} for lab, n in counts[:limit]], "total": len(counts)}
+
+
+@router.get(
+    "/items/{key:path}",
+    response_model=ItemResponse,
+    summary="An item's metadata, by a key holding slashes (e.g. a folder index's relative path)",
+)
+def item_by_path_key_route(
+    key: Annotated[Text, PathParam(description="The item's key.")], state: State, request: Request
+):
+    """Registered after every other item route, so that ``/items/{item}/similar`` and the like match first."""
+    return item_route(key, state, request)
