@@ -159,7 +159,11 @@ async def labels_route(
     return {"labels": [{"label": lab, "count": n} for lab, n in counts[:limit]], "total": len(counts)}
 
 
-@router.get(
+# included after every other router (see app.py): it takes any path below /items/
+by_path_key = APIRouter()
+
+
+@by_path_key.get(
     "/items/{key:path}",
     response_model=ItemResponse,
     summary="An item's metadata, by a key holding slashes (e.g. a folder index's relative path)",
@@ -167,5 +171,5 @@ async def labels_route(
 def item_by_path_key_route(
     key: Annotated[Text, PathParam(description="The item's key.")], state: State, request: Request
 ):
-    """Registered after every other item route, so that ``/items/{item}/similar`` and the like match first."""
+    """Included after every other router, so that ``/items/{item}/similar`` and the like match first."""
     return item_route(key, state, request)
