@@ -156,6 +156,7 @@ def visible(port, probe: int, present: bool, since: float, timeout=5.0) -> float
 
 
 DIM = [0]
+CHECKERS = 6  # so that a check starts as soon as its write is acknowledged (a queue would add its own wait)
 
 
 def checker(port, pending: queue.Queue, lags: list) -> None:
@@ -237,12 +238,16 @@ def main() -> None:
         lags: list[float | None] = []
         pending: queue.Queue = queue.Queue()
         w = threading.Thread(target=writer, args=(port, args.writes_per_second, args.seconds, log, pending))
-        c = threading.Thread(target=checker, args=(port, pending, lags))
+        checkers = [threading.Thread(target=checker, args=(port, pending, lags)) for _ in range(CHECKERS)]
         w.start()
-        c.start()
+        for c in checkers:
+            c.start()
         busy = search_load(port, vectors, args.clients, args.seconds)
         w.join()
-        c.join()
+        for _ in checkers[1:]:
+            pending.put(None)
+        for c in checkers:
+            c.join()
         seen = sorted(x for x in lags if x is not None)
         failed_writes = sum(1 for e in log if e["status"] != 200)
         print("\n| phase | requests | req/s | p50 ms | p99 ms | errors |\n| --- | ---: | ---: | ---: | ---: | ---: |")

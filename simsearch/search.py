@@ -395,14 +395,17 @@ def _live_ranked(
         ok[:] = False  # live items' photos are not under the index's roots
     elif attr_filter:
         ok &= compile_filter(attr_filter, live.schema).mask(table)
-    allowed = set(ids[ok].tolist()) - skip
-    best: dict[int, tuple[float, int]] = {}
-    photo_ids = _live_photo_ids(live)
-    owners = live.owners if live.owners is not None else np.zeros(0, np.int64)
-    for item, score, photo in zip(owners.tolist(), scores.tolist(), photo_ids.tolist(), strict=True):
-        if item in allowed and (item not in best or score > best[item][0]):
-            best[item] = (score, photo)
-    return sorted(((i, s, p) for i, (s, p) in best.items()), key=lambda r: -r[1])
+    allowed = ids[ok]
+    if skip:
+        allowed = allowed[~np.isin(allowed, np.fromiter(skip, np.int64))]
+    if live.owners is None or live.photo_ids is None or len(allowed) == 0:
+        return []
+    keep = np.isin(live.owners, allowed)
+    s, owners, photos = scores[keep], live.owners[keep], live.photo_ids[keep]
+    order = np.lexsort((-s, owners))  # by item, best photo first
+    first = order[np.r_[True, owners[order][1:] != owners[order][:-1]]]
+    best = first[np.argsort(-s[first], kind="stable")]
+    return [(int(owners[i]), float(s[i]), int(photos[i])) for i in best]
 
 
 def _ranked(

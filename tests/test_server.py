@@ -131,7 +131,7 @@ def test_health_info_docs_and_page(client, idx):
 
 def test_unknown_route_is_a_json_404(client):
     _assert_error(client.get("/nope"), 404, "not_found")
-    _assert_error(client.delete("/items/1"), 405, "method_not_allowed")
+    _assert_error(client.post("/items/1"), 405, "method_not_allowed")
 
 
 # ------------------------------------------------------------------------------ items

@@ -211,3 +211,19 @@ def test_acknowledged_http_writes_survive_kill_9_of_the_server(tmp_path):
         server.wait(timeout=60)
     compact_index(index)
     assert verify_index(index)[0] == []
+
+
+def test_business_rules_and_fields_in_http_bodies(served):
+    with TestClient(create_app(served), base_url=LOCAL) as client:
+        dim = client.get("/info").json()["dim"]
+        for n in range(6):
+            assert put(client, f"s{n}", 200 + n, {"brand": "ab"[n % 2], "price": n}).status_code == 200
+        body = {"vector": [1.0] + [0.0] * (dim - 1), "k": 4, "filter": {"price": {"gte": 0}}}
+        r = client.post("/search", json={**body, "max_per": {"brand": 1}, "fields": ["brand"]}).json()["results"]
+        assert len(r) == 2 and {h["attributes"]["brand"] for h in r} == {"a", "b"}
+        assert all(set(h["attributes"]) == {"brand"} for h in r)
+        r = client.post("/recommend", json={"positive": ["s0"], "k": 4, "max_per": {"brand": 2}}).json()["results"]
+        brands = [h["attributes"].get("brand") for h in r]
+        assert len(r) == 4 and brands.count("a") <= 2 and brands.count("b") <= 2
+        r = client.post("/search", json={**body, "max_per": {"brand": 0}})
+        assert r.status_code == 422 and set(r.json()) == {"error", "detail"}

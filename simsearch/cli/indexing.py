@@ -165,7 +165,8 @@ def verify_cmd(index_path, quiet):
         for p in problems:
             click.echo(f"problem: {p}", err=True)
         raise click.ClickException(f"{index_path}: {len(problems)} problem(s) found")
-    return {"ok": True, **stats}, f"{index_path}: ok ({stats['count']} items)"
+    photos = f", {stats['count']} photos" if stats.get("items", stats["count"]) != stats["count"] else ""
+    return {"ok": True, **stats}, f"{index_path}: ok ({stats.get('items', stats['count'])} items{photos})"
 
 
 @main.command("backbones")

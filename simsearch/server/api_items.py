@@ -7,6 +7,7 @@ import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -166,3 +167,19 @@ async def labels_route(
 
     counts = await run_in_threadpool(run)
     return {"labels": [{"label": lab, "count": n} for lab, n in counts[:limit]], "total": len(counts)}
+
+
+# included after every other router (see app.py): it takes any path below /items/
+by_path_key = APIRouter()
+
+
+@by_path_key.get(
+    "/items/{key:path}",
+    response_model=ItemResponse,
+    summary="An item's metadata, by a key holding slashes (e.g. a folder index's relative path)",
+)
+def item_by_path_key_route(
+    key: Annotated[Text, PathParam(description="The item's key.")], state: State, request: Request
+):
+    """Included after every other router, so that ``/items/{item}/similar`` and the like match first."""
+    return item_route(key, state, request)

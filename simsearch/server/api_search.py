@@ -14,7 +14,7 @@ from starlette.datastructures import UploadFile
 
 from ..config.limits import LIMITS
 from ..errors import SimsearchError
-from ..search import check_vector, recommend
+from ..search import check_vector, recommend, search_vectors
 from .deps import State, base_url, known_ids, ms_since, read_json, require_items
 from .errors import ApiError, describe_validation
 from .models import (
@@ -133,9 +133,16 @@ async def search_route(request: Request, state: State):
     with state.index() as index:
         vector = unit_rows(index, [req.vector], single=True)[0]
         exclude = known_ids(index, req.exclude)
-        hits = await state.searcher.asearch(
-            index, vector, req.k, exclude=exclude, filter=filter_value(req.filter), augment=req.augment
-        )
+        if req.has_rules:  # rules need a search of their own (the library's, not batched with others)
+            rows = await run_in_threadpool(
+                search_vectors, index, vector[None], req.k, exclude=exclude, filter=filter_value(req.filter),
+                rules=req.rules(), augment=req.augment,
+            )  # fmt: skip
+            hits = rows[0]
+        else:
+            hits = await state.searcher.asearch(
+                index, vector, req.k, exclude=exclude, filter=filter_value(req.filter), augment=req.augment
+            )
     return answer(state, request, hits, req.k, t0)
 
 
@@ -193,7 +200,8 @@ async def recommend_route(request: Request, state: State):
             positive, negative = ids[: len(req.positive)], ids[len(req.positive) :]
             return recommend(
                 index, positive=positive, negative=negative, exclude=known_ids(index, req.exclude), k=req.k,
-                negative_weight=req.negative_weight, filter=filter_value(req.filter), augment=req.augment,
+                negative_weight=req.negative_weight, filter=filter_value(req.filter), rules=req.rules(),
+                augment=req.augment,
             )  # fmt: skip
 
     return answer(state, request, await run_in_threadpool(run), req.k, t0)

@@ -99,8 +99,9 @@ def create_app(
     )
     app.state.simsearch = state
     app.include_router(api_service.public)
-    for module in (api_search, api_writes, api_items, api_classify, api_service):
-        app.include_router(module.router, dependencies=[Security(_api_key_scheme)], responses=_ERRORS)
+    for router in (api_search.router, api_writes.router, api_items.router, api_classify.router, api_service.router,
+                   api_items.by_path_key):  # fmt: skip
+        app.include_router(router, dependencies=[Security(_api_key_scheme)], responses=_ERRORS)
     app.mount("/static", StaticFiles(directory=api_service.STATIC_DIR), name="static")
     assets = api_service.swagger_assets()
     if assets is not None:

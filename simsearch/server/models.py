@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from ..config.limits import LIMITS
+from ..search import Rules
 
 MAX_ID = 2**63 - 1
 
@@ -85,7 +86,32 @@ AugmentT = Annotated[
 ]
 
 
-class SearchRequest(_Base):
+class RulesMixin(_Base):
+    """Business rules on the results (see :class:`simsearch.Rules`); each keeps returning k results."""
+
+    fields: list[Text] | None = Field(
+        None, max_length=LIMITS.serve_max_values, description="Attributes each result carries (default: all)."
+    )
+    max_per: dict[Text, Annotated[int, Field(ge=1, le=LIMITS.serve_max_k)]] = Field(
+        default_factory=dict, max_length=16, description='At most N results per attribute value: {"brand": 2}.'
+    )
+    collapse_duplicates: float | None = Field(
+        None, gt=0, le=1, description="One result per group of near-duplicates at this cosine similarity."
+    )
+
+    def rules(self) -> Rules:
+        return Rules(
+            max_per=dict(self.max_per),
+            collapse_duplicates=self.collapse_duplicates,
+            fields=tuple(self.fields) if self.fields is not None else None,
+        )
+
+    @property
+    def has_rules(self) -> bool:
+        return bool(self.max_per) or self.collapse_duplicates is not None or self.fields is not None
+
+
+class SearchRequest(RulesMixin):
     """Search with a vector (the index's dimension, e.g. from another call or a model of the same backbone)."""
 
     vector: list[float] = Field(
@@ -130,7 +156,7 @@ class BatchSearchRequest(_Base):
         return self
 
 
-class RecommendRequest(_Base):
+class RecommendRequest(RulesMixin):
     """Items like the positives, unlike the negatives, never the excluded (e.g. a user's already-seen list)."""
 
     positive: list[ItemRefT] = Field(..., min_length=1, max_length=LIMITS.serve_max_ids)

@@ -40,6 +40,7 @@ class LiveState:
     schema: dict = field(default_factory=dict)
     matrix: np.ndarray | None = None  # every live photo vector, stacked
     owners: np.ndarray | None = None  # item id of each matrix row
+    photo_ids: np.ndarray | None = None  # photo id of each matrix row
     table: tuple[np.ndarray, AttributeTable] | None = None  # item ids and attributes, for filters
 
     @property
@@ -126,9 +127,12 @@ def _state(snapshot, seq, items, hidden, deleted, schema) -> LiveState:
     if live:
         matrix = np.vstack([it.vectors for it in live]).astype(np.float32)
         owners = np.concatenate([np.full(len(it.vectors), it.id, np.int64) for it in live])
+        photo_ids = np.concatenate([it.photo_ids for it in live])
         ids = np.array([it.id for it in live], np.int64)
         table = (ids, AttributeTable.from_rows(schema, [it.attributes for it in live]))
     else:
-        matrix = owners = None
+        matrix = owners = photo_ids = None
         table = None
-    return LiveState(snapshot, seq, items, frozenset(hidden), frozenset(deleted), schema, matrix, owners, table)
+    return LiveState(
+        snapshot, seq, items, frozenset(hidden), frozenset(deleted), schema, matrix, owners, photo_ids, table
+    )
