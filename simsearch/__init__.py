@@ -15,7 +15,8 @@ from .evaluate import evaluate_index, map_at_r, recall_at_k, retrieval_metrics
 from .finetuning import FinetuneResult, finetune
 from .images import load_image, scan
 from .index import Index, Item, Manifest, UpdateReport, open_index
-from .search import Hit, Rules, recommend, search
+from .rules import Rules
+from .search import Hit, recommend, search
 
 
 def build_index(roots=None, out=None, **kwargs) -> Index:

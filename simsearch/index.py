@@ -22,7 +22,8 @@ from .backbones import Backbone, create_backbone, l2_normalize
 from .build import UpdateReport, build_index, check_backbone
 from .embed import Embedder, cached_embedder_for_index, embedder_for_index
 from .errors import SimsearchError
-from .search import Hit, Rules, allowed_items, check_vector, recommend, search, search_vectors
+from .rules import Rules
+from .search import Hit, allowed_items, check_vector, recommend, search, search_vectors
 from .store import MANIFEST, Item, Manifest, Photo, Snapshot, published_generation, read_manifest, writer_lock
 from .store.delta import DeltaJournal, NewOp
 from .store.live import LiveState, LiveView

@@ -16,17 +16,17 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from .backbones import l2_normalize
-from .config import DUPLICATES, LIMITS
+from .config import LIMITS
 from .errors import SimsearchError
 from .filters import compile_filter
-from .phash import NO_HASH, duplicate_mask, pair_distances
+from .rules import NO_RULES, Rules, apply_rules
 from .search_augment import augmented_vectors, expand, merged, search_spec
 from .store import Item, Snapshot
 from .store.live import LiveItem, LiveState
@@ -65,24 +65,6 @@ class Hit:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class Rules:
-    """Business rules applied to the ranked items; each keeps returning k results while enough items match.
-
-    ``max_per``: at most N results per value of an attribute (diversity), e.g. ``{"brand": 2}``.
-    ``collapse_duplicates``: one result per group of near-duplicates: cosine at least this threshold, or a close
-    perceptual hash with the lower cosine bar of :data:`simsearch.config.DUPLICATES` (the duplicates pair rule).
-    ``fields``: the attributes each hit carries (None: all).
-    """
-
-    max_per: dict = field(default_factory=dict)
-    collapse_duplicates: float | None = None
-    fields: tuple[str, ...] | None = None
-
-
-NO_RULES = Rules()
 
 
 def _is_id(q) -> bool:
@@ -318,7 +300,7 @@ def _search(
     want = k
     while True:
         merged_ranked, exhausted = _collect(snap, queries, want, allowed, base_skip, live_ranked, augmented=False)
-        kept = _apply_rules(snap, live, merged_ranked, rules, k)
+        kept = apply_rules(snap, live, merged_ranked, rules, k)
         if len(kept) >= k or exhausted:
             break
         want *= 2
@@ -369,7 +351,7 @@ def _search_augmented(live: LiveState, queries, k: int, skip: set[int], allowed,
     while True:
         ranked, exhausted = _collect(snap, q_aug, want, allowed, base_skip, live_ranked, augmented=True)
         order = merged(raw, ranked, spec, item_query=item_query, raw_score_of=raw_score)
-        kept = _apply_rules(snap, live, order, rules, k)
+        kept = apply_rules(snap, live, order, rules, k)
         if len(kept) >= k or exhausted:
             break
         want *= 2
@@ -490,66 +472,6 @@ def _mean_pooled(snap: Snapshot, queries: np.ndarray, ranked: list, *, augmented
     q = l2_normalize(queries.mean(axis=0))
     rescored = [(item, float(l2_normalize(vecs[item].mean(axis=0)) @ q), photo) for item, _, photo in ranked]
     return sorted(rescored, key=lambda r: -r[1])
-
-
-def _apply_rules(snap: Snapshot, live: LiveState, ranked: list, rules: Rules, k: int) -> list[tuple[int, float, int]]:
-    if not rules.max_per and rules.collapse_duplicates is None:
-        return ranked
-    counts: dict[tuple[str, object], int] = {}
-    attrs: dict[int, dict] = {}
-    if rules.max_per:
-        attrs = {it.id: it.attributes for it in snap.meta.items([r[0] for r in ranked])}
-        attrs.update({it.id: it.attributes for it in live.items.values()})
-    kept: list[tuple[int, float, int]] = []
-    kept_vecs: list[np.ndarray] = []
-    kept_hashes: list[int | None] = []
-    dup_rule = DUPLICATES
-    hashes: dict[int, int] = {}
-    if rules.collapse_duplicates is not None:
-        dup_rule = replace(DUPLICATES, threshold=float(rules.collapse_duplicates))
-        hashes = _photo_hashes(snap, ranked) if dup_rule.uses_hash else {}
-    for item, score, photo in ranked:
-        values = [(f, _hashable(attrs.get(item, {}).get(f))) for f in rules.max_per]
-        if any(counts.get(v, 0) >= int(rules.max_per[v[0]]) for v in values):
-            continue
-        if rules.collapse_duplicates is not None:
-            v = _photo_vector(snap, live, item, photo)
-            h = hashes.get(photo)
-            if kept_vecs and duplicate_mask(np.vstack(kept_vecs) @ v, _hash_distances(kept_hashes, h), dup_rule).any():
-                continue
-            kept_vecs.append(v)
-            kept_hashes.append(h)
-        for value in values:
-            counts[value] = counts.get(value, 0) + 1
-        kept.append((item, score, photo))
-        if len(kept) >= k:
-            break
-    return kept
-
-
-def _photo_hashes(snap: Snapshot, ranked: list) -> dict[int, int]:
-    """``{photo id: perceptual hash}`` of the ranked results' photos (those indexed with one)."""
-    items = snap.meta.items(sorted({int(r[0]) for r in ranked}))
-    return {p.id: p.phash for it in items for p in it.photos if p.phash is not None}
-
-
-def _hash_distances(kept: list[int | None], h: int | None) -> np.ndarray:
-    known = np.array([k is not None for k in kept], dtype=bool)
-    if h is None:
-        return np.full(len(kept), NO_HASH, dtype=np.int64)
-    d = pair_distances(np.array([k if k is not None else 0 for k in kept], dtype=np.int64), np.array(h, dtype=np.int64))
-    return np.where(known, d, NO_HASH)
-
-
-def _photo_vector(snap: Snapshot, live: LiveState, item: int, photo: int) -> np.ndarray:
-    for it in live.items.values():
-        if it.id == item:
-            return it.vectors[list(it.photo_ids).index(photo)]
-    return np.asarray(snap.faiss.reconstruct(int(photo)), dtype=np.float32)
-
-
-def _hashable(value):
-    return tuple(value) if isinstance(value, list) else value
 
 
 def _hits(snap: Snapshot, live: LiveState, ranked: list, fields: tuple[str, ...] | None) -> list[Hit]:

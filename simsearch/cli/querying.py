@@ -11,7 +11,7 @@ from ..errors import SimsearchError
 from ..evaluate import evaluate_index
 from ..gallery import write_query_gallery
 from ..index import open_index
-from ..search import Rules
+from ..rules import Rules
 from ._common import command, hits_text, main, table
 from .classifying import check_retrieval_options, evaluate_classify, evaluate_options
 

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from ..config.limits import LIMITS
-from ..search import Rules
+from ..rules import Rules
 
 MAX_ID = 2**63 - 1
 
