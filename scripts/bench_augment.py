@@ -144,24 +144,25 @@ def speed(args) -> None:
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp) / "index"
-        shutil.copytree(args.index, copy, ignore=shutil.ignore_patterns(".lock", "augmented-*", "graph-*"))
-        m = simsearch.index.read_manifest(copy)
-        m_roots = list(m.roots)
-        t = time.perf_counter()
-        with simsearch.build_index(m_roots, copy, augment="none", progress=False):
-            pass  # the run that only writes the index again (a format-1 index is migrated): baseline of a no-op run
-        report("index run over unchanged folders, no augmentation", time.perf_counter() - t)
-        t = time.perf_counter()
-        with simsearch.build_index(m_roots, copy, progress=False, augment="dba") as idx:
-            rec = idx.manifest.augment_record
-        report("index run that augments (default spec) from scratch", time.perf_counter() - t,
-               augmentation_seconds=rec["seconds"], k=rec["k"], items=len(idx))  # fmt: skip
-        if "latency" in args.parts:
-            _latency(copy, args, report)
-        if "incremental" in args.parts:
-            _incremental(copy, report)
+    if args.parts.strip():  # the runs on a copy of --index (--parts '' for the synthetic sizes only)
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp) / "index"
+            shutil.copytree(args.index, copy, ignore=shutil.ignore_patterns(".lock", "augmented-*", "graph-*"))
+            m = simsearch.index.read_manifest(copy)
+            m_roots = list(m.roots)
+            t = time.perf_counter()
+            with simsearch.build_index(m_roots, copy, augment="none", progress=False):
+                pass  # the run that only writes the index again (a format-1 index is migrated): baseline of a no-op run
+            report("index run over unchanged folders, no augmentation", time.perf_counter() - t)
+            t = time.perf_counter()
+            with simsearch.build_index(m_roots, copy, progress=False, augment="dba") as idx:
+                rec = idx.manifest.augment_record
+            report("index run that augments (default spec) from scratch", time.perf_counter() - t,
+                   augmentation_seconds=rec["seconds"], k=rec["k"], items=len(idx))  # fmt: skip
+            if "latency" in args.parts:
+                _latency(copy, args, report)
+            if "incremental" in args.parts:
+                _incremental(copy, report)
     for size in args.sizes:
         _synthetic(_n(size), args, report)
     if args.out:
@@ -290,7 +291,11 @@ def main() -> None:
     s.add_argument("--queries", type=int, default=40)
     s.add_argument("--sizes", type=lambda x: [v for v in x.split(",") if v], default=[])
     s.add_argument("--exact-graph", action="store_true", help="also the exact graph of the synthetic vectors")
-    s.add_argument("--parts", default="latency,incremental", help="latency,incremental (after the index runs)")
+    s.add_argument(
+        "--parts",
+        default="latency,incremental",
+        help="latency,incremental (after the index runs); '' skips the runs on --index",
+    )
     s.add_argument("--out")
     args = ap.parse_args()
     quality(args) if args.cmd == "quality" else speed(args)
