@@ -12,7 +12,6 @@ Two protocols over the labelled items of an index (exact search on the index's v
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from numpy.typing import ArrayLike
 from .classify import check_confidence, check_k, decide, field_values, knn_shares
 from .config.classify import CLASSIFY
 from .errors import SimsearchError
-from .evaluate import select_classes
+from .evaluate import read_csv_rows, select_classes
 
 if TYPE_CHECKING:
     from .index import Index
@@ -129,23 +128,6 @@ class ClassEvaluation:
         return d
 
 
-def read_csv_columns(path: str | Path) -> dict[Path, dict[str, str]]:
-    """Rows of a CSV with a ``path`` column, by resolved path (relative paths: relative to the CSV's folder)."""
-    path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or "path" not in reader.fieldnames:
-                raise SimsearchError(f"{path}: a labels CSV needs a header with a 'path' column")
-            out = {}
-            for row in reader:
-                p = Path(row["path"])
-                out[(p if p.is_absolute() else path.parent / p).resolve()] = row
-            return out
-    except OSError as e:
-        raise SimsearchError(f"cannot read labels file {path}: {e.strerror or e}") from None
-
-
 def parse_queries(spec: str) -> tuple[str, str]:
     """``"split=test"`` -> ``("split", "test")``."""
     name, sep, value = spec.partition("=")
@@ -191,7 +173,7 @@ def evaluate_classification(
     """
     check_k(k)
     check_confidence(min_confidence)
-    rows = read_csv_columns(labels_csv) if labels_csv is not None else None
+    rows = read_csv_rows(labels_csv, required=("path",)) if labels_csv is not None else None
     labels = _column(index, rows, field)
     excluded = set(exclude_labels)
     usable = {i: lab for i, lab in labels.items() if lab not in excluded}

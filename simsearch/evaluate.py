@@ -133,16 +133,25 @@ def select_classes(labels: Sequence[str], split: str) -> set[str]:
 
 def read_labels_csv(path: str | Path) -> dict[Path, str]:
     """``path,label`` rows; relative paths are taken relative to the CSV's folder."""
+    return {p: row["label"] for p, row in read_csv_rows(path).items()}
+
+
+def read_csv_rows(path: str | Path, required: tuple[str, ...] = ("path", "label")) -> dict[Path, dict[str, str]]:
+    """Rows of a labels CSV (the ``required`` columns and any others), by resolved path (relative paths: relative
+    to the CSV's folder)."""
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
-                raise SimsearchError(f"{path}: a labels CSV needs a header with 'path' and 'label' columns")
+            if not reader.fieldnames or not set(required) <= set(reader.fieldnames):
+                need = " and ".join(repr(c) for c in required)
+                raise SimsearchError(
+                    f"{path}: a labels CSV needs a header with {need} column{'s' * (len(required) > 1)}"
+                )
             out = {}
             for row in reader:
                 p = Path(row["path"])
-                out[(p if p.is_absolute() else path.parent / p).resolve()] = row["label"]
+                out[(p if p.is_absolute() else path.parent / p).resolve()] = row
             return out
     except OSError as e:
         raise SimsearchError(f"cannot read labels file {path}: {e.strerror or e}") from None
@@ -167,7 +176,7 @@ def evaluate_index(
     labels CSV, or an attribute) or a fraction in (0, 1) (a seeded random share) for the new-query protocol.
     """
     items = index.items()
-    rows = _csv_rows(labels_csv) if labels_csv is not None else None
+    rows = read_csv_rows(labels_csv) if labels_csv is not None else None
     if rows is not None:
         labels = {it.id: (rows.get(it.abspath.resolve()) or {}).get("label") or None for it in items}
     else:
@@ -291,20 +300,3 @@ def _fraction(queries) -> float | None:
     if not 0 < share < 1:
         raise SimsearchError(f"a --queries fraction must be between 0 and 1, not {queries}")
     return share
-
-
-def _csv_rows(path: str | Path) -> dict[Path, dict[str, str]]:
-    """Rows of a labels CSV (``path``, ``label`` and any other columns), by resolved path."""
-    path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
-                raise SimsearchError(f"{path}: a labels CSV needs a header with 'path' and 'label' columns")
-            out = {}
-            for row in reader:
-                p = Path(row["path"])
-                out[(p if p.is_absolute() else path.parent / p).resolve()] = row
-            return out
-    except OSError as e:
-        raise SimsearchError(f"cannot read labels file {path}: {e.strerror or e}") from None
