@@ -202,6 +202,9 @@ def main() -> None:
     ap.add_argument("--backbone", help="also measure with this backbone (e.g. a fine-tuned checkpoint)")
     ap.add_argument("--backbone-index", type=Path, help="index built with --backbone [default: INDEX-finetuned]")
     ap.add_argument("--json", type=Path, help="write the results here too")
+    ap.add_argument("--no-pretrained", action="store_true", help="measure only the --backbone index")
+    ap.add_argument("--with-results", type=Path,
+                    help="an earlier --json output whose rows are put in the table too (e.g. the pretrained ones)")  # fmt: skip
     args = ap.parse_args()
     shots = [int(s) for s in args.shots.split(",") if s.strip()]
     load_before = os.getloadavg()
@@ -211,7 +214,9 @@ def main() -> None:
         "loadavg_before": [round(x, 2) for x in load_before],
         "runs": {},
     }
-    sources = [(args.index, None)]
+    sources = [] if args.no_pretrained else [(args.index, None)]
+    if args.no_pretrained and not args.backbone:
+        ap.error("--no-pretrained needs --backbone")
     if args.backbone:
         finetuned = check_finetuned(Path(args.backbone), args.data)
         if finetuned:
@@ -220,14 +225,17 @@ def main() -> None:
                   file=sys.stderr)  # fmt: skip
         sources.append((args.backbone_index or args.index.with_name(args.index.name + "-finetuned"), args.backbone))
     rows = []
+    if args.with_results:
+        for run in json.loads(args.with_results.read_text())["runs"].values():
+            rows.extend((run["features"], r) for r in run["results"])
     for index_path, backbone in sources:
         vecs, y, splits, classes, name = load(index_path, args.data, backbone)
         print(f"{index_path}: {len(y)} photos, {len(classes)} classes, backbone {name}", file=sys.stderr)
         results = bench(vecs, y, splits, len(classes), shots_list=shots, seeds=args.seeds, k=args.k, c=args.C,
                         probe=not args.no_probe)  # fmt: skip
-        out["runs"][str(index_path)] = {"backbone": name, "classes": len(classes), "queries": int((splits == "test").sum()),
-                                        "results": results}  # fmt: skip
         features = "pretrained " + name if backbone is None else "fine-tuned " + Path(backbone).name
+        out["runs"][str(index_path)] = {"backbone": name, "features": features, "classes": len(classes),
+                                        "queries": int((splits == "test").sum()), "results": results}  # fmt: skip
         rows.extend((features, r) for r in results)
     out["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     print(table(rows))

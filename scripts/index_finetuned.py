@@ -101,6 +101,8 @@ def check(engine: CachedPrefixEngine, index_path: Path, n: int) -> float:
     """Largest |difference| between the index's vectors and end-to-end embeddings of ``n`` of its photos."""
     with simsearch.open_index(index_path) as idx:
         ids = idx.ids()
+        if len(ids) == 0:
+            return float("nan")
         pick = np.random.default_rng(0).choice(ids, size=min(n, len(ids)), replace=False)
         _, stored = idx.vectors(pick)
         files = [idx.item(int(i)).abspath for i in pick]
