@@ -9,10 +9,15 @@ it has fewer), then all of them, and classifies the queries by
   (needs the optional extra: pip install 'simsearch[classify]').
 
 It reports accuracy and macro F1 (mean ± standard deviation over the seeds) and the time each takes (kNN: the
-search and the vote; probe: fitting and predicting). With ``--backbone CHECKPOINT`` it also indexes the photos
-with that (e.g. fine-tuned) backbone into ``--backbone-index`` and measures again.
+search and the vote; probe: fitting and predicting). With ``--backbone CHECKPOINT`` (e.g. one made by
+``simsearch finetune --labels labels.csv``) it also measures the photos indexed with that backbone (into
+``--backbone-index``, built when it does not exist) and prints its rows beside the pretrained ones. A fine-tuned
+checkpoint is checked first: its training images are read again from its card, and the script refuses to run
+when any of them is a ``split=test`` photo (a fine-tuning that saw the queries would measure nothing).
 
     python scripts/bench_classify.py --index /work/cache/caltech101 --json results.json
+    python scripts/bench_classify.py --index /work/cache/caltech101 --backbone /work/cache/ft/caltech-train \
+        --backbone-index /work/cache/caltech-ft
 """
 
 from __future__ import annotations
@@ -57,6 +62,41 @@ def load(index_path: Path, data: Path, backbone: str | None = None):
         backbone_name = idx.manifest.backbone
     classes, y = np.unique(np.array(labels), return_inverse=True)
     return vectors, y, np.array(splits), list(classes), backbone_name
+
+
+def check_finetuned(checkpoint: Path, data: Path) -> dict:
+    """The card's data summary of a fine-tuned ``checkpoint``; exits if it was trained on a ``split=test`` photo.
+
+    The training images are read again from the card (its labels CSV, folder or pairs, with the run's settings),
+    as the run itself read them; a checkpoint without a card (not fine-tuned) passes with an empty summary.
+    """
+    from simsearch.backbones import CHECKPOINT_CARD
+    from simsearch.finetuning.data import load_training_data
+
+    card_path = checkpoint / CHECKPOINT_CARD
+    if not card_path.is_file():
+        return {}
+
+    card = json.loads(card_path.read_text())
+    src, hp = card["data"], card["hyperparameters"]
+    training = load_training_data(
+        Path(src["folder"]) if "folder" in src else None,
+        pairs=src.get("pairs_csv"),
+        labels=src.get("labels_csv"),
+        holdout=hp["holdout"],
+        val_fraction=hp["val_fraction"],
+        exclude_labels=src.get("excluded_labels", ()),
+        classes=src.get("classes_subset", "all"),
+        seed=hp["seed"],
+    )
+    with open(data / "labels.csv", newline="") as f:
+        test = {(data / r["path"]).resolve() for r in csv.DictReader(f) if r["split"] == "test"}
+    seen = [p for p in training.paths if Path(p).resolve() in test]
+    if seen:
+        raise SystemExit(f"{checkpoint} was fine-tuned on {len(seen)} split=test photos (e.g. {seen[0]}): "
+                         "fine-tune on the split=train rows only")  # fmt: skip
+    return {"training_images": len(training.paths), "test_photos_in_training": 0, **src,
+            "hyperparameters": hp, "best": card.get("best"), "timings": card.get("timings")}  # fmt: skip
 
 
 def keep_per_class(y: np.ndarray, pool: np.ndarray, shots: int | None, seed: int) -> np.ndarray:
@@ -127,12 +167,15 @@ def bench(vecs, y, splits, n_classes, *, shots_list, seeds, k, c, probe=True) ->
     return results
 
 
-def table(results: list[dict], features: str) -> str:
+def table(rows: list[tuple[str, dict]]) -> str:
+    """One markdown table of ``(features, result)`` rows: the same shots of each backbone next to each other."""
+    order = {s: n for n, s in enumerate(dict.fromkeys(str(r["shots"]) for _, r in rows))}
+    rows = sorted(rows, key=lambda fr: (order[str(fr[1]["shots"])], fr[1]["method"]))
     lines = [
         "| features | photos per class | train photos | method | accuracy | macro F1 | time (s) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in results:
+    for features, r in rows:
         sd = r["seeds"] > 1
         acc = f"{r['accuracy']:.4f}" + (f" ± {r['accuracy_sd']:.4f}" if sd else "")
         f1 = f"{r['macro_f1']:.4f}" + (f" ± {r['macro_f1_sd']:.4f}" if sd else "")
@@ -159,6 +202,9 @@ def main() -> None:
     ap.add_argument("--backbone", help="also measure with this backbone (e.g. a fine-tuned checkpoint)")
     ap.add_argument("--backbone-index", type=Path, help="index built with --backbone [default: INDEX-finetuned]")
     ap.add_argument("--json", type=Path, help="write the results here too")
+    ap.add_argument("--no-pretrained", action="store_true", help="measure only the --backbone index")
+    ap.add_argument("--with-results", type=Path,
+                    help="an earlier --json output whose rows are put in the table too (e.g. the pretrained ones)")  # fmt: skip
     args = ap.parse_args()
     shots = [int(s) for s in args.shots.split(",") if s.strip()]
     load_before = os.getloadavg()
@@ -168,20 +214,31 @@ def main() -> None:
         "loadavg_before": [round(x, 2) for x in load_before],
         "runs": {},
     }
-    sources = [(args.index, None)]
+    sources = [] if args.no_pretrained else [(args.index, None)]
+    if args.no_pretrained and not args.backbone:
+        ap.error("--no-pretrained needs --backbone")
     if args.backbone:
+        finetuned = check_finetuned(Path(args.backbone), args.data)
+        if finetuned:
+            out["finetuned"] = finetuned
+            print(f"{args.backbone}: fine-tuned on {finetuned['training_images']} images, none of them split=test",
+                  file=sys.stderr)  # fmt: skip
         sources.append((args.backbone_index or args.index.with_name(args.index.name + "-finetuned"), args.backbone))
-    tables = []
+    rows = []
+    if args.with_results:
+        for run in json.loads(args.with_results.read_text())["runs"].values():
+            rows.extend((run["features"], r) for r in run["results"])
     for index_path, backbone in sources:
         vecs, y, splits, classes, name = load(index_path, args.data, backbone)
         print(f"{index_path}: {len(y)} photos, {len(classes)} classes, backbone {name}", file=sys.stderr)
         results = bench(vecs, y, splits, len(classes), shots_list=shots, seeds=args.seeds, k=args.k, c=args.C,
                         probe=not args.no_probe)  # fmt: skip
-        out["runs"][str(index_path)] = {"backbone": name, "classes": len(classes), "queries": int((splits == "test").sum()),
-                                        "results": results}  # fmt: skip
-        tables.append(table(results, name))
+        features = "pretrained " + name if backbone is None else "fine-tuned " + Path(backbone).name
+        out["runs"][str(index_path)] = {"backbone": name, "features": features, "classes": len(classes),
+                                        "queries": int((splits == "test").sum()), "results": results}  # fmt: skip
+        rows.extend((features, r) for r in results)
     out["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    print("\n\n".join(tables))
+    print(table(rows))
     print(f"\nload average before {out['loadavg_before']}, after {out['loadavg_after']}; {out['cores']} cores")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")

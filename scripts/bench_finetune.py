@@ -8,6 +8,14 @@
 3. pairs: a pairs CSV from the train split (2 random positives within the class and 2 hard negatives across
    classes per image, mined with the frozen backbone), fine-tune from the pairs alone, evaluate as 1.
 
+4. augmentation (issue 13), ``--augment-indexes FROZEN_INDEX,FINETUNED_INDEX``: Caltech indexed with the frozen
+   backbone and with a checkpoint fine-tuned on the ``split=train`` rows (e.g. experiment 1's, or one made by
+   ``simsearch finetune --labels labels.csv``, then ``simsearch index ... --backbone CHECKPOINT``); for each,
+   Recall@1/5/10 and MAP@R raw vs augmented (the default ``AugmentSpec``: DBA + alpha-QE, ``k`` auto, exact
+   search), on the ``split=test`` photos leave-one-out among themselves (as experiment 1) and as new queries
+   against the ``split=train`` photos (left out of the collection and its augmentation). Only ``split=test``
+   photos are queries: the fine-tuned model saw the others. Runs alone with ``--only 4``.
+
 BACKGROUND_Google is left out everywhere. Each fine-tuned model is evaluated at the end of stage 1 (head only)
 and of stage 2 (unfrozen blocks). The frozen part's outputs are cached once in --work/cache and shared by the
 runs (the first pass over the 8677 images is the slow part; its time is reported apart from the runs).
@@ -15,6 +23,7 @@ Evaluation embeds the test images from that cache with each checkpoint as saved;
 images end to end with the checkpoint (create_backbone + Embedder) and reports the largest difference.
 
 Usage: .venv/bin/python scripts/bench_finetune.py [--data ../shared/data/caltech101] [--work DIR] [--only 1,3]
+       [--augment-indexes FROZEN_INDEX,FINETUNED_INDEX]
        [any `simsearch finetune` setting as --name value, e.g. --stage2-epochs 2 --views 1]
 """
 
@@ -25,6 +34,7 @@ import copy
 import csv
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -49,9 +59,11 @@ def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "caltech101")
     ap.add_argument("--work", type=Path, default=Path("/tmp/simsearch-bench-finetune"))
-    ap.add_argument("--only", default="1,2,3", help="Experiments to run, e.g. 1,3.")
+    ap.add_argument("--only", default="1,2,3", help="Experiments to run, e.g. 1,3 (4: with --augment-indexes).")
     ap.add_argument("--check", type=int, default=32, help="Test images embedded end to end per checkpoint (0: none).")
     ap.add_argument("--fresh", action="store_true", help="Delete earlier fine-tuned models in --work first.")
+    ap.add_argument("--augment-indexes", default="",
+                    help="Experiment 4: comma-separated indexes of Caltech (frozen, fine-tuned backbone).")  # fmt: skip
     args, rest = ap.parse_known_args()
     fields = FinetuneConfig.__dataclass_fields__
     settings = {}
@@ -133,12 +145,68 @@ def end_to_end_check(path: Path, feats: Features, rows, idx, n: int) -> float:
     return float(np.abs(full - feats.with_checkpoint(path, pick)).max())
 
 
+AUG_KS = (1, 5, 10)
+
+
+def index_rows(index_path: Path, data: Path):
+    """(vectors, labels, splits, backbone) of the labelled Caltech photos (raw vectors) of an index."""
+    by_path = {r["abspath"]: r for r in read_rows(data)}
+    with simsearch.open_index(index_path) as idx:
+        ids, vectors = idx.vectors()
+        paths = {it.id: it.abspath.resolve() for it in idx.items()}
+        backbone = idx.manifest.backbone
+    keep = np.array([paths[int(i)] in by_path for i in ids], bool)
+    found = [by_path[paths[int(i)]] for i in ids[keep]]
+    return vectors[keep], np.array([r["label"] for r in found]), np.array([r["split"] for r in found]), backbone
+
+
+def augmentation(index_paths: list[Path], data: Path) -> list[dict]:
+    """Experiment 4: raw vs augmented retrieval of the ``split=test`` photos of each index (see the docstring)."""
+    from simsearch.config.augment import AugmentSpec
+    from simsearch.evaluate import augmented_metrics, exact_knn, metrics_of
+
+    spec = AugmentSpec()
+    keys = [f"recall@{k}" for k in AUG_KS] + ["map@r"]
+    out = []
+    for path in index_paths:
+        t0 = time.perf_counter()
+        vectors, labels, splits, backbone = index_rows(path, data)
+        test = splits == "test"
+        ids = np.arange(len(vectors))
+        v, lab = vectors[test], labels[test]
+        raw = retrieval_metrics(v, lab, AUG_KS)
+        aug, used = augmented_metrics(v, ids[test], lab, spec, AUG_KS)
+        rows = [("test split, leave-one-out", int(test.sum()), raw, aug, used)]
+        depth = max(*AUG_KS, int(np.unique(labels[~test], return_counts=True)[1].max()))
+        _, nb = exact_knn(vectors[test], vectors[~test], depth)
+        raw = metrics_of(labels[test], labels[~test], nb, AUG_KS)
+        aug, used = augmented_metrics(vectors, ids, labels, spec, AUG_KS, queries=test)
+        rows.append((f"test as new queries vs {int((~test).sum())} train", int(test.sum()), raw, aug, used))
+        for protocol, n, r, a, u in rows:
+            out.append({"index": str(path), "backbone": backbone, "protocol": protocol, "queries": n, "k": u["k"],
+                        **{f"raw {m}": round(r[m], 4) for m in keys}, **{f"aug {m}": round(a[m], 4) for m in keys},
+                        "seconds": round(time.perf_counter() - t0, 1)})  # fmt: skip
+            log.info("%s", json.dumps(out[-1]))
+    print(f"\n| backbone | protocol | k | {' | '.join(f'{m} raw → aug' for m in keys)} |")
+    print("|---|---|---|" + "---|" * len(keys))
+    for x in out:
+        cells = " | ".join(f"{x['raw ' + m]:.4f} → {x['aug ' + m]:.4f}" for m in keys)
+        print(f"| {x['backbone']} | {x['protocol']} ({x['queries']}) | {x['k']} | {cells} |")
+    print("load average " + ", ".join(f"{a:.2f}" for a in os.getloadavg()))
+    return out
+
+
 def main() -> None:
     args, settings = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     cfg = FinetuneConfig(**settings)
     data, work = args.data.resolve(), args.work
     work.mkdir(parents=True, exist_ok=True)
+    only = {int(x) for x in args.only.split(",")}
+    if only == {4}:  # experiment 4 alone needs no fine-tuning run and no feature cache
+        aug_rows = augmentation([Path(p) for p in args.augment_indexes.split(",") if p], data)
+        (work / "results-augment.json").write_text(json.dumps(aug_rows, indent=2) + "\n")
+        return
     rows = read_rows(data)
     labels = [r["label"] for r in rows]
     classes = sorted(set(labels))
@@ -153,7 +221,6 @@ def main() -> None:
     log.info("frozen outputs of all images cached in %.0f s", feats.seconds)
     lab = np.array(labels)
     results = []
-    only = {int(x) for x in args.only.split(",")}
 
     # inputs of the three experiments
     all_csv = work / "all.csv"
@@ -209,7 +276,8 @@ def main() -> None:
         where = {1: "test split (same classes)", 2: "second-half classes", 3: "test split (same classes)"}[x["exp"]]
         print(f"{x['exp']:<4}{where + ' (' + str(x['items']) + ')':<34}{x['model']:<16}{x['R@1']:>8.4f}"
               f"{x['MAP@R']:>8.4f}{'' if x['seconds'] is None else x['seconds']:>8}")  # fmt: skip
-    (work / "results.json").write_text(json.dumps({"settings": settings, "results": results,
+    aug_rows = augmentation([Path(p) for p in args.augment_indexes.split(",") if p], data) if 4 in only else []
+    (work / "results.json").write_text(json.dumps({"settings": settings, "results": results, "augmentation": aug_rows,
                                                    "cache_seconds": feats.seconds}, indent=2, default=str))  # fmt: skip
 
 

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .classify import Neighbor, check_confidence, check_k, decide, field_values, vote_shares
+from .classify import field_values
 from .config.classify import CLASSIFY
 from .errors import SimsearchError
 from .evaluate import exact_knn
+from .votes import Neighbor, check_confidence, check_k, decide, vote_shares
 
 if TYPE_CHECKING:
     from .index import Index

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .classify import check_confidence, check_k, decide, field_values, knn_shares
+from .classify import field_values, knn_shares
 from .config.classify import CLASSIFY
 from .errors import SimsearchError
 from .evaluate import read_csv_rows, select_classes
+from .votes import check_confidence, check_k, decide
 
 if TYPE_CHECKING:
     from .index import Index

@@ -20,6 +20,7 @@ from .atomic import atomic_write_bytes
 from .attributes import check_attributes, check_text
 from .backbones import Backbone, create_backbone, l2_normalize
 from .build import UpdateReport, build_index, check_backbone
+from .config.classify import CLASSIFY
 from .embed import Embedder, cached_embedder_for_index, embedder_for_index
 from .errors import SimsearchError
 from .rules import Rules
@@ -28,6 +29,7 @@ from .store import MANIFEST, Item, Manifest, Photo, Snapshot, published_generati
 from .store.delta import DeltaJournal, NewOp
 from .store.live import LiveState, LiveView
 from .verify import verify_index
+from .votes import Classification, classify_queries
 
 __all__ = [
     "MANIFEST",
@@ -311,6 +313,28 @@ class Index:
 
     def recommend(self, positive=(), negative=(), exclude=(), k: int = 20, **kwargs) -> list[Hit]:
         return recommend(self, positive=positive, negative=negative, exclude=exclude, k=k, **kwargs)
+
+    # -- labels from neighbours (see simsearch.votes)
+    def classify(
+        self,
+        queries,
+        k: int = CLASSIFY.k,
+        *,
+        field: str = CLASSIFY.field,
+        min_confidence: float = CLASSIFY.min_confidence,
+        top: int = CLASSIFY.top,
+        temperature: float = CLASSIFY.temperature,
+    ) -> list[Classification]:
+        """Suggest a label (or any attribute: ``field``) for each query by a similarity-weighted vote of its ``k``
+        nearest labelled items; "unknown" when the winning share is below ``min_confidence``.
+
+        ``queries``: one or a list of image paths, bytes, PIL images, vectors (or an ``(n, dim)`` array), item
+        ids or keys. An indexed item is voted on by the others, never by itself. One
+        :class:`~simsearch.votes.Classification` per query, in order.
+        """
+        return classify_queries(
+            self, queries, k, field=field, min_confidence=min_confidence, top=top, temperature=temperature
+        )
 
     # -- live writes (see simsearch.store.delta)
     def live_state(self) -> LiveState:

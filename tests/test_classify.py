@@ -334,3 +334,87 @@ def test_http_classify_routes(colors_with_a_mistake):
         ]:
             r = getattr(c, method)(url, **kw)
             assert r.status_code == status and words in r.json()["detail"], (url, kw, r.status_code, r.text)
+
+
+# ------------------------------------------------------------------------------ one code path: Index.classify
+
+
+def test_index_classify_is_the_hand_computed_vote(hand_index):
+    # the facade method is the vote above: same shares by hand, same unknown, and a batch of vectors as an array
+    red = Image.new("RGB", (16, 16), (255, 0, 0))
+    (r,) = hand_index.classify(red, k=3, temperature=1.0, min_confidence=0)
+    w1, w2 = math.exp(1.0), math.exp(1 / math.sqrt(2))
+    assert r.label == "a" and r.confidence == pytest.approx((w1 + w2) / (w1 + 2 * w2), abs=1e-5)
+    assert r == classify(hand_index, [red], k=3, temperature=1.0, min_confidence=0)[0]
+    (r,) = hand_index.classify([red], k=3, temperature=1.0, min_confidence=0.75)
+    assert r.label == UNKNOWN and r.votes[0].label == "a"
+    vecs = np.zeros((2, hand_index.manifest.dim), np.float32)
+    vecs[0, 2], vecs[1, 0] = 1.0, 1.0  # blue, red
+    assert [x.label for x in hand_index.classify(vecs, k=1)] == ["c", "a"]
+    with pytest.raises(SimsearchError, match="top must be"):
+        hand_index.classify(red, top=0)
+
+
+@pytest.fixture(scope="module")
+def sample_index(tmp_path_factory, real_backbone):
+    """The bundled sample photos (6 folders) but the first of each folder, indexed with the default backbone and
+    the default settings (augmentation included); the held-out photos are new images to classify."""
+    from conftest import SAMPLE, copy_file
+
+    base = tmp_path_factory.mktemp("sample")
+    held_out = []
+    for folder in sorted(p for p in SAMPLE.iterdir() if p.is_dir()):
+        photos = sorted(folder.glob("*.jpg"))
+        held_out.append(photos[0])
+        for p in photos[1:]:
+            copy_file(p, base / "photos" / folder.name / p.name)
+    import simsearch
+
+    simsearch.index.build_index([base / "photos"], base / "index", backbone=real_backbone)
+    with simsearch.open_index(base / "index", backbone=real_backbone) as idx:
+        yield idx, held_out
+
+
+def _answer(c) -> tuple:
+    return c.label, round(c.confidence, 4), [(v.label, round(v.share, 4)) for v in c.votes], [n.id for n in c.neighbors]
+
+
+def test_index_classify_equals_cli_and_http_on_real_photos(sample_index):
+    idx, held_out = sample_index
+    ids = [int(i) for i in idx.ids()]
+    by_index = idx.classify([*ids, *map(str, held_out)], k=5, min_confidence=0.3)
+    # the vote means something on real photos: most new photos get their folder's label
+    right = [c.label == p.parent.name for c, p in zip(by_index[len(ids) :], held_out)]
+    assert sum(right) >= len(held_out) - 2, [(c.label, p.parent.name) for c, p in zip(by_index[len(ids) :], held_out)]
+    # the CLI, by --id and by image file
+    args = ["classify", idx.path, "-k", 5, "--min-confidence", 0.3, "--top", 3, "--json"]
+    data = json.loads(run(*args, *[a for i in ids for a in ("--id", i)], *held_out).stdout)
+    by_cli = [from_json(d) for d in data["results"]]
+    assert [_answer(c) for c in by_cli] == [_answer(c) for c in by_index]
+    pytest.importorskip("fastapi")
+    pytest.importorskip("multipart")
+    from fastapi.testclient import TestClient
+
+    from simsearch.server import create_app
+
+    with TestClient(create_app(idx.path), base_url="http://localhost") as client:
+        got = client.post("/classify", json={"items": ids, "k": 5, "min_confidence": 0.3}).json()["results"]
+        assert [_answer(from_json(d)) for d in got] == [_answer(c) for c in by_index[: len(ids)]]
+        for i, c in zip(ids, by_index):
+            d = client.get(f"/items/{i}/classify", params={"k": 5, "min_confidence": 0.3}).json()
+            assert _answer(from_json(d)) == _answer(c)
+        for path, c in zip(held_out, by_index[len(ids) :]):  # uploads: embedded by the server's own embedder
+            r = client.post("/classify", files={"image": (path.name, path.read_bytes(), "image/jpeg")},
+                            data={"k": "5", "min_confidence": "0.3"})  # fmt: skip
+            (d,) = r.json()["results"]
+            assert d["label"] == c.label and [n["id"] for n in d["neighbors"]] == [n.id for n in c.neighbors]
+            assert d["confidence"] == pytest.approx(c.confidence, abs=1e-3)
+
+
+def from_json(d: dict):
+    """A :class:`Classification` back from its JSON (CLI ``--json``, HTTP)."""
+    from simsearch.votes import Classification, Neighbor, Vote
+
+    votes = tuple(Vote(v["label"], v["share"], v["neighbors"]) for v in d["votes"])
+    neighbors = tuple(Neighbor(n["id"], n["score"], n["label"]) for n in d["neighbors"])
+    return Classification(d["query"], d["label"], d["confidence"], votes, neighbors, d.get("item_id"))

@@ -10,7 +10,6 @@ import logging
 import click
 
 from ..audit import audit
-from ..classify import classify
 from ..classify_eval import evaluate_classification
 from ..classify_report import write_audit_gallery, write_classification_report
 from ..config.classify import CLASSIFY
@@ -50,7 +49,7 @@ def classify_cmd(index_path, images, ids, keys, k, field, min_confidence, top, q
     if not images and not ids and not keys:
         raise SimsearchError("give an image to classify, --id ITEM or --key KEY")
     with open_index(index_path) as idx:
-        results = classify(idx, [*ids, *keys, *images], k=k, field=field, min_confidence=min_confidence, top=top)
+        results = idx.classify([*ids, *keys, *images], k=k, field=field, min_confidence=min_confidence, top=top)
     rows = [[r.query, r.label, f"{r.confidence:.2f}", _votes_text(r.votes)] for r in results]
     data = {"index": index_path, "k": k, "field": field, "min_confidence": min_confidence,
             "results": [r.to_dict() for r in results]}  # fmt: skip

@@ -13,9 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from ..classify import Classification, classify
 from ..config.classify import CLASSIFY
 from ..config.limits import LIMITS
+from ..votes import Classification
 from .api_search import unit_rows
 from .deps import ItemRef, State, base_url, ms_since, read_json, require_items, resolve_item
 from .errors import ApiError, describe_validation
@@ -158,7 +158,7 @@ async def classify_route(request: Request, state: State) -> JSONResponse:
     def run():
         with state.index() as index:
             queries = [*unit_rows(index, req.vectors), *require_items(index, req.items)]
-            return classify(index, queries, k=req.k, field=req.field, min_confidence=req.min_confidence, top=req.top)
+            return index.classify(queries, k=req.k, field=req.field, min_confidence=req.min_confidence, top=req.top)
 
     results = await run_in_threadpool(run)
     base = base_url(request)
@@ -177,7 +177,7 @@ async def _classify_image(state: ServiceState, request: Request, data: bytes, fi
     def run():
         with state.index() as index:
             vector = state.embed_image(index, data)
-            (c,) = classify(index, [vector], k=p.k, field=p.field, min_confidence=p.min_confidence, top=p.top)
+            (c,) = index.classify([vector], k=p.k, field=p.field, min_confidence=p.min_confidence, top=p.top)
             return dataclasses.replace(c, query="image")
 
     c = await run_in_threadpool(run)
@@ -201,5 +201,5 @@ def item_classify_route(
     t0 = time.perf_counter()
     with state.index() as index:
         item_id = resolve_item(index, item)
-        (c,) = classify(index, [item_id], k=k, field=field, min_confidence=min_confidence, top=top)
+        (c,) = index.classify([item_id], k=k, field=field, min_confidence=min_confidence, top=top)
     return {**_json(c, base_url(request)), "k": k, "field": field, "took_ms": ms_since(t0)}
