@@ -8,8 +8,6 @@ import click
 
 from ..config import LIMITS
 from ..errors import SimsearchError
-from ..evaluate import evaluate_index
-from ..gallery import write_query_gallery
 from ..index import open_index
 from ..search import Rules
 from ._common import command, hits_text, main, table
@@ -90,6 +88,8 @@ def query_cmd(
         query = list(ids) + list(keys) + list(images)
         hits = idx.search(query, k=k, filter=filter, rules=rules, augment=augment)
         if html_out:
+            from ..gallery import write_query_gallery  # here: a plain query needs no gallery code
+
             write_query_gallery(html_out, idx, query, hits)
             log.info("gallery written to %s", html_out)
     return {"index": index_path, "query": {"images": list(images), "ids": list(ids), "keys": list(keys)}, "k": k,
@@ -144,6 +144,8 @@ def evaluate_cmd(index_path, labels_csv, exclude_label, classes, augment, classi
     if classify:
         return evaluate_classify(index_path, labels_csv, exclude_label, classes, **mine)
     check_retrieval_options(**{**mine, "queries": None})
+    from ..evaluate import evaluate_index
+
     with open_index(index_path) as idx:
         r = evaluate_index(
             idx, labels_csv=labels_csv, exclude_labels=exclude_label, classes=classes, queries=queries,

@@ -23,6 +23,7 @@ from ..backbones import Backbone, l2_normalize
 from ..system import cpu_count
 from . import cache
 from .protocol import Batch
+from .runtime import import_openvino
 
 log = logging.getLogger("simsearch")
 
@@ -32,9 +33,7 @@ DEFAULT_BATCH = 16
 @lru_cache(maxsize=1)
 def ov_core() -> Any:
     """The process's one ``openvino.Core`` (it caches devices and compiled models)."""
-    import openvino as ov
-
-    return ov.Core()
+    return import_openvino().Core()  # without the conversion API until it is needed (see .runtime)
 
 
 @lru_cache(maxsize=1)
