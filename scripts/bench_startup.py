@@ -62,9 +62,9 @@ CLI = "import sys\nfrom simsearch.cli import main\nsys.argv[0] = 'simsearch'\nma
 # One process, the command's steps timed one by one; prints one JSON line. argv: index, image.
 BREAKDOWN = r"""
 import sys, time
-T = [("start", time.perf_counter())]
+T = [("start", time.perf_counter(), time.process_time())]
 def mark(name):
-    T.append((name, time.perf_counter()))
+    T.append((name, time.perf_counter(), time.process_time()))
 import numpy; mark("import numpy")
 import PIL.Image; mark("import PIL")
 import faiss; mark("import faiss")
@@ -96,8 +96,9 @@ out = json.dumps({"results": [h.to_dict() for h in hits]}, indent=2, default=str
 mark("JSON output")
 idx.close()
 phases = {b[0]: round(1000 * (b[1] - a[1]), 1) for a, b in zip(T, T[1:])}
+cpu = {b[0]: round(1000 * (b[2] - a[2]), 1) for a, b in zip(T, T[1:])}
 heavy = sorted(m for m in HEAVY if m in sys.modules)
-print("BREAKDOWN " + json.dumps({"phases_ms": phases, "total_ms": round(1000 * (T[-1][1] - T[0][1]), 1),
+print("BREAKDOWN " + json.dumps({"phases_ms": phases, "phases_cpu_ms": cpu, "total_ms": round(1000 * (T[-1][1] - T[0][1]), 1),
       "heavy_modules": heavy, "modules": len(sys.modules), "engine": repr(emb.engine)}))
 """
 
@@ -182,8 +183,10 @@ def breakdown(index: Path, image: Path, runs: int, repo: Path = REPO) -> dict:
         d["wall_ms"] = round(1000 * wall, 1)
         outs.append(d)
     phases = {p: round(statistics.median(o["phases_ms"][p] for o in outs), 1) for p in outs[0]["phases_ms"]}
+    cpu = {p: round(statistics.median(o["phases_cpu_ms"][p] for o in outs), 1) for p in outs[0]["phases_ms"]}
     return {
         "phases_ms": phases,
+        "phases_cpu_ms": cpu,
         "in_process_ms": round(statistics.median(o["total_ms"] for o in outs), 1),
         "wall_ms": round(statistics.median(o["wall_ms"] for o in outs), 1),
         "heavy_modules": outs[0]["heavy_modules"],
@@ -339,13 +342,16 @@ def print_table(r: dict) -> None:
             print(f"  this / baseline: median wall {row['ratio_median']:.3f}, CPU {row['ratio_cpu']:.3f}")
         trees = list(r["trees"])
         bds = [row[t]["breakdown"] for t in trees]
-        print("  breakdown, ms (median of processes): " + " | ".join(f"{t:>9}" for t in trees))
+        print("  breakdown, ms wall / CPU (median of processes): " + " | ".join(f"{t:>15}" for t in trees))
         print(
             f"    {'python start (bare interpreter, above)':<48} "
-            + " | ".join(f"{1000 * b['median_s']:9.1f}" for _ in trees)
+            + " | ".join(f"{1000 * b['median_s']:7.1f} / {1000 * b['cpu_median_s']:5.0f}" for _ in trees)
         )
         for phase in bds[0]["phases_ms"]:
-            print(f"    {phase:<48} " + " | ".join(f"{bd['phases_ms'].get(phase, float('nan')):9.1f}" for bd in bds))
+            cells = [
+                (bd["phases_ms"].get(phase, float("nan")), bd["phases_cpu_ms"].get(phase, float("nan"))) for bd in bds
+            ]
+            print(f"    {phase:<48} " + " | ".join(f"{w:7.1f} / {c:5.0f}" for w, c in cells))
         print(f"    {'in-process total':<48} " + " | ".join(f"{bd['in_process_ms']:9.1f}" for bd in bds))
         print(f"    {'process wall':<48} " + " | ".join(f"{bd['wall_ms']:9.1f}" for bd in bds))
         for tree, bd in zip(trees, bds):
