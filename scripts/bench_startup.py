@@ -107,11 +107,17 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+PYCACHE: Path | None = None  # --bytecode: each tree's .pyc files go under PYCACHE/<n> (see main)
+
+
 def env(repo: Path = REPO) -> dict:
     """The environment of a child process running ``repo``'s code (children also start in ``repo``: with
     ``python -c`` the current directory comes first on ``sys.path``)."""
     e = dict(os.environ)
     e["PYTHONPATH"] = os.pathsep.join([str(repo), *filter(None, [e.get("PYTHONPATH")])])
+    if PYCACHE is not None:
+        e.pop("PYTHONDONTWRITEBYTECODE", None)
+        e["PYTHONPYCACHEPREFIX"] = str(PYCACHE / repo.resolve().as_posix().strip("/").replace("/", "_"))
     return e
 
 
@@ -260,6 +266,12 @@ def main() -> None:
         help="another checkout of the repository (e.g. `git archive fe4a9e6 | tar -x -C DIR`): its runs are "
         "interleaved with this one's and the ratio printed",
     )
+    ap.add_argument(
+        "--bytecode",
+        action="store_true",
+        help="cached bytecode, as an installed package has (a .pyc cache per tree under the work dir, warmed by "
+        "one run first) even where PYTHONDONTWRITEBYTECODE is set [default: the environment as it is]",
+    )
     ap.add_argument("--importtime", action="store_true", help="also the slowest imports (python -X importtime)")
     ap.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     args = ap.parse_args()
@@ -280,6 +292,9 @@ def main() -> None:
         image = others[0]
     image = image or new_sample_image(work)
     trees = {"this": REPO, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
+    if args.bytecode:
+        global PYCACHE
+        PYCACHE = work / "pycache"
 
     import simsearch
 
@@ -288,17 +303,24 @@ def main() -> None:
         "simsearch": simsearch.__version__,
         "cpu_flags": cpu_flags(),
         "cpus": os.cpu_count(),
-        "bytecode_cache": not (sys.flags.dont_write_bytecode or os.environ.get("PYTHONDONTWRITEBYTECODE")),
+        "bytecode_cache": bool(args.bytecode)
+        or not (sys.flags.dont_write_bytecode or os.environ.get("PYTHONDONTWRITEBYTECODE")),
         "image": str(image),
         "trees": {k: str(v) for k, v in trees.items()},
         "load_avg_start": load(),
         "indexes": [],
     }
     log("python -c pass ...")
+    timed_runs([sys.executable, "-c", "pass"], 1, [REPO])
     result["python_bare"] = stats(timed_runs([sys.executable, "-c", "pass"], args.runs, [REPO])[0])
     for name, path in indexes:
         log(f"{name}: {args.runs} fresh `simsearch query` processes per tree ...")
         cmd = [sys.executable, "-c", CLI, "query", str(path), str(image), "-k", "10", "--json"]
+        if PYCACHE is not None:  # compile (and cache) every module once
+            timed_runs(cmd, 1, list(trees.values()))
+            timed_runs(
+                [sys.executable, "-c", BREAKDOWN.replace("HEAVY", "()"), str(path), str(image)], 1, list(trees.values())
+            )
         load_before = load()
         runs = timed_runs(cmd, args.runs, list(trees.values()))
         row: dict = {"index": name, "path": str(path), "load_avg": [load_before, load()]}
