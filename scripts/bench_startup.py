@@ -81,6 +81,10 @@ index_path, image = sys.argv[1], sys.argv[2]
 idx = open_index(index_path)
 idx.live_state().snapshot.faiss  # the FAISS index and metadata are read lazily: read them here
 mark("index open (manifest, FAISS, metadata)")
+import inspect
+from simsearch.engines.openvino import OpenVINOEngine
+if "hint" in inspect.signature(OpenVINOEngine.__init__).parameters:  # as this tree's `simsearch query` does
+    idx.embedder_options["engine_options"] = {"hint": "latency", "threads": 1}
 idx.resolve_item(image)  # the command first looks the path up among indexed files
 mark("query lookup (is the image indexed?)")
 emb = idx.embedder

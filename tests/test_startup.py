@@ -22,6 +22,7 @@ import simsearch
 from simsearch import engines
 from simsearch.embed import cached_embedder_for_index
 from simsearch.engines import create_engine
+from simsearch.errors import BackboneError
 
 HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None and engines.openvino_available()
 needs_openvino = pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino is not installed or sees no CPU")
@@ -109,8 +110,10 @@ def test_torch_free_query_vectors_equal_the_torch_preprocessed_ones(ov_index, re
     if caltech.is_dir():
         photos += sorted(p for d in sorted(caltech.iterdir())[:40:5] for p in sorted(d.glob("*.jpg"))[:1])
     with simsearch.open_index(ov_index) as idx:
-        fast = cached_embedder_for_index(idx.manifest)
+        # with the engine options `simsearch query` of one image uses (one stream, one thread)
+        fast = cached_embedder_for_index(idx.manifest, engine_options={"hint": "latency", "threads": 1})
         assert fast is not None and fast.backbone.model is None  # no torch model behind it
+        assert str(fast.engine.compiled.get_property("PERFORMANCE_HINT")).upper().endswith("LATENCY")
         assert type(fast.preprocessor.transform).__name__ == "NumpyTransform"
         got = fast.embed(photos)
     ov_on_timm = create_engine(real_backbone, "openvino", "fp32", 8)
@@ -122,6 +125,8 @@ def test_torch_free_query_vectors_equal_the_torch_preprocessed_ones(ov_index, re
     np.testing.assert_allclose(got, same_engine, atol=1e-5)
     torch_vectors = reference.embed(photos)
     assert float(np.min(np.sum(got * torch_vectors, axis=1))) > 0.9999
+    with pytest.raises(BackboneError, match="hint must be throughput or latency"):
+        create_engine(real_backbone, "openvino", "fp32", 8, hint="fastest")
 
 
 def test_importing_simsearch_and_its_cli_loads_no_heavy_or_unneeded_code():

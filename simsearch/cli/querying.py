@@ -82,6 +82,8 @@ def query_cmd(
         raise SimsearchError("give a query image or --id ITEM (or --key KEY)")
     filter, rules = _filter_and_rules(where, label, path_prefix, fields, max_per, collapse_duplicates)
     with open_index(index_path) as idx:
+        if len(images) == 1:  # one inference request: compile the model for one stream only (less to load)
+            idx.embedder_options["engine_options"] = {"hint": "latency", "threads": 1}
         for key in keys:
             if idx.resolve_item(key) is None:
                 raise SimsearchError(f"no item with key {key!r} in {index_path}")
