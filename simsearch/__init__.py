@@ -4,25 +4,73 @@ import simsearch
 idx = simsearch.build_index(["photos/"], "indexes/photos")  # later: simsearch.open_index("indexes/photos")
 hits = idx.search("cat.jpg", k=10)
 recs = idx.recommend(positive=[12, 40], negative=[7], exclude=[12, 40], k=20)
+
+The names below are imported on first use (PEP 562), so that ``import simsearch`` (and ``simsearch query``,
+which needs a fraction of the package) does not load the build, evaluation or fine-tuning code.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .backbones import DEFAULT_BACKBONE, Backbone, create_backbone, list_backbones, register_backbone
-from .build import run_build
-from .embed import Embedder
 from .errors import BackboneError, ImageError, IndexFormatError, IndexLockedError, SimsearchError
-from .evaluate import evaluate_index, map_at_r, recall_at_k, retrieval_metrics
-from .finetuning import FinetuneResult, finetune
-from .images import load_image, scan
-from .index import Index, Item, Manifest, UpdateReport, open_index
 from .rules import Rules
-from .search import Hit, recommend, search
+from .search import Hit, recommend, search  # eagerly: the function must win over the submodule's name
+
+if TYPE_CHECKING:
+    from .backbones import DEFAULT_BACKBONE, Backbone, create_backbone, list_backbones, register_backbone
+    from .embed import Embedder
+    from .evaluate import evaluate_index, map_at_r, recall_at_k, retrieval_metrics
+    from .finetuning import FinetuneResult, finetune
+    from .images import load_image, scan
+    from .index import Index, Item, Manifest, UpdateReport, open_index
+
+# public name -> the module that defines it
+_LAZY = {
+    "DEFAULT_BACKBONE": "backbones",
+    "Backbone": "backbones",
+    "create_backbone": "backbones",
+    "list_backbones": "backbones",
+    "register_backbone": "backbones",
+    "Embedder": "embed",
+    "evaluate_index": "evaluate",
+    "map_at_r": "evaluate",
+    "recall_at_k": "evaluate",
+    "retrieval_metrics": "evaluate",
+    "FinetuneResult": "finetuning",
+    "finetune": "finetuning",
+    "load_image": "images",
+    "scan": "images",
+    "Index": "index",
+    "Item": "index",
+    "Manifest": "index",
+    "UpdateReport": "sync",
+    "open_index": "index",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'simsearch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def build_index(roots=None, out=None, **kwargs) -> Index:
     """Index the images under ``roots`` (or the rows of ``catalog=``) into ``out``, incrementally, and return the
     opened index; the run's :class:`UpdateReport` is ``index.report``. Keyword arguments: see
     :func:`simsearch.build.build_index`."""
+    from .build import run_build
+    from .index import open_index
+
     report, backbone = run_build(roots, out, **kwargs)
     idx = open_index(report.path, backbone=backbone)
     idx.report = report

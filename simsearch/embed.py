@@ -285,7 +285,9 @@ def cached_embedder_for_index(
 ) -> Embedder | None:
     """A torch-free :class:`Embedder` for querying an index embedded with OpenVINO, when the model converted from
     the manifest's weights (same digest) is in the on-disk cache: start-up in a fraction of a second instead of
-    importing torch and timm. None when that is not possible (then use :func:`embedder_for_index`)."""
+    importing torch and timm. None when that is not possible (then use :func:`embedder_for_index`).
+    ``engine_options`` go to the OpenVINO engine (``threads``, ``hint``), other keyword arguments to the
+    :class:`Embedder`."""
     rec = recorded_settings(manifest.extra, manifest.count)
     if rec is None or rec.engine != "openvino" or engine is not None or precision is not None or draft is not None:
         return None
@@ -295,7 +297,8 @@ def cached_embedder_for_index(
         )
         if bb is None:
             return None
-        eng = create_engine(bb, "openvino", rec.precision, kwargs.get("batch_size"))
+        options = kwargs.pop("engine_options", None) or {}
+        eng = create_engine(bb, "openvino", rec.precision, kwargs.get("batch_size"), **options)
         return Embedder(bb, engine=eng, draft=rec.draft, **kwargs)
     except Exception as e:  # a damaged cache entry...: the full path still works
         log.debug("cannot use the cached OpenVINO model (%s); loading the backbone", e)

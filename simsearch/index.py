@@ -13,13 +13,13 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .atomic import atomic_write_bytes
 from .attributes import check_attributes, check_text
 from .backbones import Backbone, create_backbone, l2_normalize
-from .build import UpdateReport, build_index, check_backbone
 from .config.classify import CLASSIFY
 from .embed import Embedder, cached_embedder_for_index, embedder_for_index
 from .errors import SimsearchError
@@ -28,8 +28,23 @@ from .search import Hit, allowed_items, check_vector, recommend, search, search_
 from .store import MANIFEST, Item, Manifest, Photo, Snapshot, published_generation, read_manifest, writer_lock
 from .store.delta import DeltaJournal, NewOp
 from .store.live import LiveState, LiveView
-from .verify import verify_index
 from .votes import Classification, classify_queries
+
+if TYPE_CHECKING:
+    from .build import UpdateReport, build_index
+    from .verify import verify_index
+
+# re-exported names imported on first use: searching an index needs neither the build nor the checker
+_LAZY = {"UpdateReport": "sync", "build_index": "build", "verify_index": "verify"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __package__), name)
+
 
 __all__ = [
     "MANIFEST",
@@ -116,6 +131,8 @@ class Index:
 
     # -- backbone and embedding
     def set_backbone(self, backbone: Backbone | str) -> None:
+        from .build import check_backbone
+
         bb = create_backbone(backbone) if isinstance(backbone, str) else backbone
         check_backbone(self.manifest, bb, where=str(self.path))
         self._backbone, self._embedder = bb, None
@@ -453,6 +470,8 @@ class Index:
     # -- writing
     def update(self, roots: Sequence[str | Path] | None = None, **kwargs) -> UpdateReport:
         """Add new or changed files under ``roots`` (default: the index's roots); see :func:`build_index`."""
+        from .build import build_index
+
         return build_index(roots or self.manifest.roots, self.path, backbone=self._backbone, **kwargs)
 
     def info(self) -> dict:

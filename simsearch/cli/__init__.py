@@ -1,9 +1,9 @@
 """Command line: parses arguments, calls the library, prints. No logic of its own (layer: interfaces).
 
-One module per group of commands, each registering on :data:`main` (see ``_common``).
+One module per group of commands, each registering on :data:`main` (see ``_common``); a command's module is
+imported only when that command runs (``_common.COMMANDS``), so that start-up stays short.
 """
 
-from . import classifying, finetune, indexing, live, querying, scale, serving
 from ._common import main
 
-__all__ = ["classifying", "finetune", "indexing", "live", "main", "querying", "scale", "serving"]
+__all__ = ["main"]

@@ -4,6 +4,7 @@ errors), and plain-text tables."""
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import logging
 import sqlite3
@@ -81,7 +82,33 @@ def _attrs(attributes: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in attributes.items() if k != "label")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# command -> the module that defines it, imported only when that command runs (or for --help): `simsearch query`
+# then loads the query code alone, not the build, server, fine-tuning or classification code
+COMMANDS = {
+    **dict.fromkeys(["classify", "audit"], "classifying"),
+    "finetune": "finetune",
+    **dict.fromkeys(["index", "info", "verify", "backbones", "rebuild"], "indexing"),
+    **dict.fromkeys(["add", "update", "remove", "compact"], "live"),
+    **dict.fromkeys(["query", "recommend", "evaluate"], "querying"),
+    **dict.fromkeys(["duplicates", "export", "neighbors"], "scale"),
+    "serve": "serving",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands register themselves (``@main.command``) in the modules of :data:`COMMANDS`,
+    imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            importlib.import_module(f"{__package__}.{COMMANDS[cmd_name]}")
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="simsearch")
 def main():
     """Visual similarity search: index image folders, find similar images."""

@@ -9,9 +9,6 @@ import logging
 
 import click
 
-from ..audit import audit
-from ..classify_eval import evaluate_classification
-from ..classify_report import write_audit_gallery, write_classification_report
 from ..config.classify import CLASSIFY
 from ..errors import SimsearchError
 from ..index import open_index
@@ -80,6 +77,9 @@ def audit_cmd(index_path, k, field, min_confidence, exclude_label, limit, html_o
     """
     if limit < 1:
         raise SimsearchError(f"--limit must be at least 1, not {limit}")
+    from ..audit import audit
+    from ..classify_report import write_audit_gallery
+
     with open_index(index_path) as idx:
         suspects = audit(idx, k, field=field, min_confidence=min_confidence, exclude_labels=exclude_label)
         shown = suspects[:limit]
@@ -143,6 +143,9 @@ def check_retrieval_options(**given) -> None:
 
 def evaluate_classify(index_path, labels_csv, exclude_label, classes, k, field, queries, min_confidence, report):
     """``evaluate --classify``: ``(data, text)`` for :func:`command`."""
+    from ..classify_eval import evaluate_classification
+    from ..classify_report import write_classification_report
+
     with open_index(index_path) as idx:
         ev = evaluate_classification(
             idx, k=k, field=field, labels_csv=labels_csv, queries=queries, exclude_labels=exclude_label,

@@ -8,8 +8,6 @@ import click
 
 from ..config import LIMITS
 from ..errors import SimsearchError
-from ..evaluate import evaluate_index
-from ..gallery import write_query_gallery
 from ..index import open_index
 from ..rules import Rules
 from ._common import command, hits_text, main, table
@@ -84,12 +82,16 @@ def query_cmd(
         raise SimsearchError("give a query image or --id ITEM (or --key KEY)")
     filter, rules = _filter_and_rules(where, label, path_prefix, fields, max_per, collapse_duplicates)
     with open_index(index_path) as idx:
+        if len(images) == 1:  # one inference request: compile the model for one stream only (less to load)
+            idx.embedder_options["engine_options"] = {"hint": "latency", "threads": 1}
         for key in keys:
             if idx.resolve_item(key) is None:
                 raise SimsearchError(f"no item with key {key!r} in {index_path}")
         query = list(ids) + list(keys) + list(images)
         hits = idx.search(query, k=k, filter=filter, rules=rules, augment=augment)
         if html_out:
+            from ..gallery import write_query_gallery  # here: a plain query needs no gallery code
+
             write_query_gallery(html_out, idx, query, hits)
             log.info("gallery written to %s", html_out)
     return {"index": index_path, "query": {"images": list(images), "ids": list(ids), "keys": list(keys)}, "k": k,
@@ -144,6 +146,8 @@ def evaluate_cmd(index_path, labels_csv, exclude_label, classes, augment, classi
     if classify:
         return evaluate_classify(index_path, labels_csv, exclude_label, classes, **mine)
     check_retrieval_options(**{**mine, "queries": None})
+    from ..evaluate import evaluate_index
+
     with open_index(index_path) as idx:
         r = evaluate_index(
             idx, labels_csv=labels_csv, exclude_labels=exclude_label, classes=classes, queries=queries,

@@ -23,6 +23,7 @@ from ..backbones import Backbone, l2_normalize
 from ..system import cpu_count
 from . import cache
 from .protocol import Batch
+from .runtime import import_openvino
 
 log = logging.getLogger("simsearch")
 
@@ -32,9 +33,7 @@ DEFAULT_BATCH = 16
 @lru_cache(maxsize=1)
 def ov_core() -> Any:
     """The process's one ``openvino.Core`` (it caches devices and compiled models)."""
-    import openvino as ov
-
-    return ov.Core()
+    return import_openvino().Core()  # without the conversion API until it is needed (see .runtime)
 
 
 @lru_cache(maxsize=1)
@@ -71,12 +70,20 @@ class OpenVINOEngine:
     name = "openvino"
 
     def __init__(
-        self, backbone: Backbone, precision: str = "auto", batch_size: int | None = None, *, threads: int | None = None
+        self,
+        backbone: Backbone,
+        precision: str = "auto",
+        batch_size: int | None = None,
+        *,
+        threads: int | None = None,
+        hint: str = "throughput",
     ):
         import openvino as ov
 
         if precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
+        if hint not in ("throughput", "latency"):  # latency: one stream (a single image: a third less to load)
+            raise ValueError(f"hint must be throughput or latency, not {hint!r}")
         if precision == "auto":  # bf16 where OpenVINO runs it natively on this CPU
             precision = "bf16" if openvino_has_bf16() else "fp32"
         self._ov = ov
@@ -88,7 +95,7 @@ class OpenVINOEngine:
         core = ov_core()
         model, entry = cache.load_or_convert(backbone)
         config: dict[str, Any] = {
-            "PERFORMANCE_HINT": "THROUGHPUT",
+            "PERFORMANCE_HINT": hint.upper(),
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
             "INFERENCE_NUM_THREADS": threads or cpu_count(),
         }
@@ -177,5 +184,5 @@ def _raise_first(errors: list[BaseException]) -> None:
 
 
 def create(backbone: Backbone, precision: str, batch_size: int | None, **options: Any) -> OpenVINOEngine:
-    """The registry's factory (``options``: ``threads``)."""
+    """The registry's factory (``options``: ``threads``, ``hint``)."""
     return OpenVINOEngine(backbone, precision, batch_size, **options)
