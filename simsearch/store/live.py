@@ -26,6 +26,9 @@ class LiveItem:
     vectors: np.ndarray  # (n_photos, dim), unit rows
     photo_ids: np.ndarray
     photos: tuple[str, ...]  # absolute paths
+    # values derived from the vectors alone (e.g. their expansion over an augmented snapshot), computed once by
+    # the searches that need them and kept by a patch (which changes attributes only)
+    derived: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,6 +45,9 @@ class LiveState:
     owners: np.ndarray | None = None  # item id of each matrix row
     photo_ids: np.ndarray | None = None  # photo id of each matrix row
     table: tuple[np.ndarray, AttributeTable] | None = None  # item ids and attributes, for filters
+    by_id: dict[int, LiveItem] = field(default_factory=dict)  # the items by id
+    row_of_photo: dict[int, int] = field(default_factory=dict)  # matrix row of each live photo id
+    derived: dict = field(default_factory=dict, repr=False)  # per-state values the searches compute once
 
     @property
     def empty(self) -> bool:
@@ -94,7 +100,9 @@ class LiveView:
                     continue
                 attrs = {**current.attributes, **(op.attributes or {})}
                 attrs = {k: v for k, v in attrs.items() if v is not None}
-                items[op.key] = LiveItem(current.id, op.key, attrs, current.vectors, current.photo_ids, current.photos)
+                items[op.key] = LiveItem(
+                    current.id, op.key, attrs, current.vectors, current.photo_ids, current.photos, current.derived
+                )
             for name, value in (op.attributes or {}).items() if op.kind != "delete" else ():
                 if value is not None and name not in schema:
                     schema[name] = value_type(value) or "str"
@@ -133,6 +141,9 @@ def _state(snapshot, seq, items, hidden, deleted, schema) -> LiveState:
     else:
         matrix = owners = photo_ids = None
         table = None
+    by_id = {it.id: it for it in live}
+    rows = {} if photo_ids is None else {int(p): r for r, p in enumerate(photo_ids.tolist())}
     return LiveState(
-        snapshot, seq, items, frozenset(hidden), frozenset(deleted), schema, matrix, owners, photo_ids, table
-    )
+        snapshot, seq, items, frozenset(hidden), frozenset(deleted), schema, matrix, owners, photo_ids, table,
+        by_id, rows,
+    )  # fmt: skip
