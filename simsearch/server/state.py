@@ -138,7 +138,7 @@ class ServiceState:
                     new.set_backbone(self._backbone)
                 except SimsearchError:
                     pass
-            if self._warm:  # uploads were served: the new index's first one should not wait for the model
+            if self._warm and not new.share_embedder(cur):  # the new index's first upload should not wait
                 try:
                     with self._embed_lock:
                         new.embedder  # noqa: B018 - creates the model
