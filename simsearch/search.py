@@ -363,6 +363,7 @@ def _search_augmented(live: LiveState, queries, k: int, skip: set[int], allowed,
         raw = (sorted(stored + live_raw, key=lambda r: -r[1]) if live_raw else stored)[: spec.guard + 1]
     else:
         raw, _ = _collect(snap, queries, spec.guard + 1, allowed, base_skip, live_raw, augmented=False)
+
     def raw_score(_item: int, photo: int) -> float:
         row = live.row_of_photo.get(int(photo))
         vec = live.matrix[row] if row is not None and live.matrix is not None else snap.faiss.reconstruct(int(photo))
