@@ -229,12 +229,13 @@ def _search_rows(
     index: Searchable, rows: np.ndarray, k, skip: set[int], filter, rules: Rules
 ) -> list[list[Hit]] | None:
     """Independent rows in one FAISS call (an exact index reads its vectors once for all of them, as a matrix
-    product), when nothing calls for a search per row: one photo per item, no filter, no rules, no live items.
-    Gives what :func:`_search` gives each row; None when a row-by-row search is needed."""
+    product), when nothing calls for a search per row: one photo per item, no filter, no rules. Live items are
+    merged per row as :func:`_search` merges them. Gives what :func:`_search` gives each row; None when a
+    row-by-row search is needed."""
     k = _check_k(k)
     live = index.live_state()
     snap = live.snapshot
-    simple = snap.single_photo and live.matrix is None and rules == NO_RULES and snap.faiss.ntotal > 0
+    simple = snap.single_photo and rules == NO_RULES and snap.faiss.ntotal > 0
     if not simple or allowed_items(snap, filter, live.schema) is not None:
         return None
     base_skip = skip | live.hidden
@@ -247,8 +248,11 @@ def _search_rows(
         ranked = _first_per_item(snap, scores[i : i + 1], pids[i : i + 1], None, base_skip)
         if len(ranked) < k and fetch < n:  # fewer left than asked (rare): this row on its own, as _search would
             out.append(_search(index, rows[i : i + 1], k, skip, filter, rules))
-        else:
-            out.append(_hits(snap, live, ranked[:k], rules.fields))
+            continue
+        live_ranked = _live_ranked(live, rows[i : i + 1], None, skip, limit=k)
+        if live_ranked:
+            ranked = sorted(ranked[:k] + live_ranked, key=lambda r: -r[1])
+        out.append(_hits(snap, live, ranked[:k], rules.fields))
     return out
 
 

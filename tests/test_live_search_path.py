@@ -152,3 +152,16 @@ def test_service_compaction_swaps_without_a_search_reopening_and_keeps_the_model
         assert state.compact_once() == 0
     finally:
         state.close()
+
+
+def test_batched_rows_merge_live_items_as_single_searches_do(colors):
+    photo = colors.item(colors.id_for_key("red/r1.png")).photos[0].abspath
+    colors.put("teal", [photo], {"label": "live"}, vectors=[_unit((0, 128, 128))])
+    colors.put("red/r2.png", [photo], {"label": "moved"}, vectors=[_unit((0, 0, 250))])  # a stored item replaced
+    colors.delete(["blue/b1.png"])
+    rows = np.stack([_unit(rgb) for rgb in [(0, 130, 120), (255, 0, 0), (0, 0, 255), (10, 200, 10)]])
+    together = colors.search_vectors(rows, k=4)
+    alone = [colors.search_vectors(row[None], k=4)[0] for row in rows]
+    assert [[(h.key, h.score) for h in r] for r in together] == [[(h.key, h.score) for h in r] for r in alone]
+    assert together[0][0].key == "teal" and together[2][0].key == "red/r2.png"
+    assert all("blue/b1.png" not in [h.key for h in r] for r in together)
