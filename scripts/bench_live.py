@@ -162,7 +162,9 @@ CHECKERS = 6  # so that a check starts as soon as its write is acknowledged (a q
 def checker(port, pending: queue.Queue, lags: list) -> None:
     """For each acknowledged put or patch, how long until searches show it (runs beside the writer)."""
     while (entry := pending.get()) is not None:
-        lags.append(visible(port, entry["probe"], True, entry["ack"]))
+        lag = visible(port, entry["probe"], True, entry["ack"])
+        entry["lag"] = lag
+        lags.append(lag)
 
 
 def writer(port, rate, seconds, log: list, pending: queue.Queue) -> None:
@@ -257,6 +259,14 @@ def main() -> None:
         print(f"writes: {len(log)} ({failed_writes} failed); puts and patches seen by searches: {len(seen)}/{len(lags)}, "
               f"lag after the acknowledgement p50 {statistics.median(seen) * 1000:.0f} ms, max {seen[-1] * 1000:.0f} ms, "
               f"{sum(1 for x in seen if x > 1.0)} over 1 s")  # fmt: skip
+        unseen = [e for e in log if e.get("kind") != "delete" and "lag" in e and e["lag"] is None]
+        if unseen:  # a later write of the same key (a patch's new probe, a delete) can hide a write before it is seen
+            superseded = sum(
+                1
+                for e in unseen
+                if any(o["key"] == e["key"] and 0 < o["ack"] - e["ack"] < 5.0 and o["status"] == 200 for o in log)
+            )
+            print(f"not seen: {len(unseen)}, of which {superseded} were overwritten or deleted by a later write")
         # kill -9 and restart: every acknowledged write is there
         server.send_signal(signal.SIGKILL)
         server.wait()

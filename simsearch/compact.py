@@ -22,8 +22,13 @@ from .store.metadata import db_path
 log = logging.getLogger("simsearch")
 
 
-def compact_index(path: str | Path, *, journal: DeltaJournal | None = None) -> dict:
-    """Fold every journalled write into a new generation. Returns what was done (``folded`` writes)."""
+def compact_index(path: str | Path, *, journal: DeltaJournal | None = None, truncate: bool = True) -> dict:
+    """Fold every journalled write into a new generation. Returns what was done (``folded`` writes, and
+    ``delta_seq``: the last one folded).
+
+    ``truncate=False`` leaves the folded rows in the journal (the new generation ignores them) for the caller to
+    delete with :func:`truncate_journal` once it serves the new generation: readers of the old generation keep
+    reading them meanwhile instead of finding their generation stale."""
     t0 = time.perf_counter()
     path = Path(path).expanduser()
     if not (path / MANIFEST).exists():
@@ -34,7 +39,7 @@ def compact_index(path: str | Path, *, journal: DeltaJournal | None = None) -> d
         upto = journal.last_seq()
         ops = journal.read(m.delta_seq, upto)
         if not ops:
-            return {"path": str(path), "folded": 0, "generation": m.generation, "seconds": 0.0}
+            return {"path": str(path), "folded": 0, "generation": m.generation, "seconds": 0.0, "delta_seq": upto}
         faiss_index, meta = load_generation(path, m)
         meta.close()
         spec = recorded_spec(m)
@@ -50,13 +55,25 @@ def compact_index(path: str | Path, *, journal: DeltaJournal | None = None) -> d
             writer.commit()
         finally:
             writer.close()
-    journal.truncate(upto)
+    if truncate:
+        journal.truncate(upto)
     return {
         "path": str(path),
         "folded": len(ops),
         "generation": m.generation + 1,
         "seconds": round(time.perf_counter() - t0, 3),
+        "delta_seq": upto,
     }
+
+
+def truncate_journal(path: str | Path, upto: int) -> None:
+    """Delete the journal rows up to ``upto`` (folded by :func:`compact_index` with ``truncate=False``)."""
+    path = Path(path).expanduser()
+    journal = DeltaJournal(path, read_manifest(path).dim)
+    try:
+        journal.truncate(upto)
+    finally:
+        journal.close()
 
 
 def _fold(writer: GenerationWriter, op: Op, roots: list[str], schema: dict) -> None:

@@ -158,6 +158,24 @@ class Index:
                 )  # fmt: skip
         return self._embedder
 
+    def share_embedder(self, other: Index) -> bool:
+        """Use ``other``'s loaded model when it embeds exactly as this index does (same backbone, weights,
+        preprocessing, recorded engine and options), e.g. after a reload to a newer generation of the same index:
+        the model is not loaded and compiled again. True if this index has an embedder now."""
+        if self._embedder is not None:
+            return True
+        a, b = self.manifest, other.manifest
+
+        def how(m: Manifest) -> tuple:
+            return (m.backbone, m.arch, m.weights_sha256, m.preprocessing, m.dim, (m.extra or {}).get("embedding"))
+
+        if other._embedder is None or how(a) != how(b) or self.embedder_options != other.embedder_options:
+            return False
+        if self._backbone is not None and other._backbone is not self._backbone:
+            return False  # a backbone given for this index: its own embedder
+        self._backbone, self._embedder = other._backbone, other._embedder
+        return True
+
     def embed(self, images: Sequence) -> np.ndarray:
         """Embed images (paths, bytes or PIL images) exactly as the index's photos were embedded."""
         return self.embedder.embed(images)
@@ -357,7 +375,7 @@ class Index:
     def live_state(self) -> LiveState:
         """The generation and the live writes searches see now.
 
-        Live writes (from any process) are always seen. An index opened with ``follow=True`` also switches to a
+        This process's live writes are seen at once, other processes' within ``LIVE_POLL_SECONDS``. An index opened with ``follow=True`` also switches to a
         newer generation published by a batch run (checked every 0.2 s); otherwise it keeps serving the one it
         opened, except after a compaction of live writes it has not read yet (then it must reload to see them).
         """
@@ -366,6 +384,13 @@ class Index:
             gen = published_generation(self.path)
             if gen is not None and gen != self.manifest.generation:
                 self.reload()
+        state, stale = self._live.poll(LIVE_POLL_SECONDS)
+        if stale and self.reload():
+            state, _ = self._live.refresh()
+        return state
+
+    def _fresh_state(self) -> LiveState:
+        """:meth:`live_state` with the journal read now (writes check keys and types against it)."""
         state, stale = self._live.refresh()
         if stale and self.reload():
             state, _ = self._live.refresh()
@@ -381,10 +406,10 @@ class Index:
             return True
 
     def _schema(self) -> dict[str, str]:
-        return self.live_state().schema
+        return self._fresh_state().schema
 
     def _exists(self, key: str) -> int | None:
-        state = self.live_state()
+        state = self._fresh_state()
         if key in state.items:
             return state.items[key].id
         if key in state.deleted:
@@ -444,7 +469,9 @@ class Index:
         returns, and visible to this process's searches at once (others' within a second)."""
         with self._refresh_lock:
             done = self._journal.append(list(ops), after=self.manifest.delta_seq)
-        self.live_state()
+        _, stale = self._live.applied(done)  # seen by this process's searches at once
+        if stale:
+            self._fresh_state()
         return [int(op.item) if op.item is not None else -1 for op in done]
 
     def pending_writes(self) -> int:
@@ -487,6 +514,7 @@ class Index:
 
 
 REFRESH_SECONDS = 0.2  # how often searches look for a newer generation (live writes are seen at once)
+LIVE_POLL_SECONDS = 0.05  # how often searches read the journal for other processes' writes (this one's: at once)
 UPLOADS = "uploads"
 
 

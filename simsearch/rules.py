@@ -41,8 +41,8 @@ def apply_rules(snap: Snapshot, live: LiveState, ranked: list, rules: Rules, k: 
     counts: dict[tuple[str, object], int] = {}
     attrs: dict[int, dict] = {}
     if rules.max_per:
-        attrs = {it.id: it.attributes for it in snap.meta.items([r[0] for r in ranked])}
-        attrs.update({it.id: it.attributes for it in live.items.values()})
+        attrs = {it.id: it.attributes for it in snap.meta.items([r[0] for r in ranked if r[0] not in live.by_id])}
+        attrs.update({r[0]: live.by_id[r[0]].attributes for r in ranked if r[0] in live.by_id})
     kept: list[tuple[int, float, int]] = []
     kept_vecs: list[np.ndarray] = []
     kept_hashes: list[int | None] = []
@@ -85,9 +85,9 @@ def _hash_distances(kept: list[int | None], h: int | None) -> np.ndarray:
 
 
 def _photo_vector(snap: Snapshot, live: LiveState, item: int, photo: int) -> np.ndarray:
-    for it in live.items.values():
-        if it.id == item:
-            return it.vectors[list(it.photo_ids).index(photo)]
+    row = live.row_of_photo.get(int(photo))
+    if row is not None and live.matrix is not None and int(item) in live.by_id:
+        return live.matrix[row]
     return np.asarray(snap.faiss.reconstruct(int(photo)), dtype=np.float32)
 
 

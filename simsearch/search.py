@@ -211,12 +211,13 @@ def _search_rows(
     index: Searchable, rows: np.ndarray, k, skip: set[int], filter, rules: Rules
 ) -> list[list[Hit]] | None:
     """Independent rows in one FAISS call (an exact index reads its vectors once for all of them, as a matrix
-    product), when nothing calls for a search per row: one photo per item, no filter, no rules, no live items.
-    Gives what :func:`_search` gives each row; None when a row-by-row search is needed."""
+    product), when nothing calls for a search per row: one photo per item, no filter, no rules. Live items are
+    merged per row as :func:`_search` merges them. Gives what :func:`_search` gives each row; None when a
+    row-by-row search is needed."""
     k = _check_k(k)
     live = index.live_state()
     snap = live.snapshot
-    simple = snap.single_photo and live.matrix is None and rules == NO_RULES and snap.faiss.ntotal > 0
+    simple = snap.single_photo and rules == NO_RULES and snap.faiss.ntotal > 0
     if not simple or allowed_items(snap, filter, live.schema) is not None:
         return None
     base_skip = skip | live.hidden
@@ -229,8 +230,11 @@ def _search_rows(
         ranked = _first_per_item(snap, scores[i : i + 1], pids[i : i + 1], None, base_skip)
         if len(ranked) < k and fetch < n:  # fewer left than asked (rare): this row on its own, as _search would
             out.append(_search(index, rows[i : i + 1], k, skip, filter, rules))
-        else:
-            out.append(_hits(snap, live, ranked[:k], rules.fields))
+            continue
+        live_ranked = _live_ranked(live, rows[i : i + 1], None, skip, limit=k)
+        if live_ranked:
+            ranked = sorted(ranked[:k] + live_ranked, key=lambda r: -r[1])
+        out.append(_hits(snap, live, ranked[:k], rules.fields))
     return out
 
 
@@ -296,9 +300,9 @@ def _search(
     spec = search_spec(snap, augment)
     if spec is not None:
         return _search_augmented(live, queries, k, skip, allowed, filter, rules, spec, item)
-    live_ranked = _live_ranked(live, queries, filter, skip)
     want = k
     while True:
+        live_ranked = _live_ranked(live, queries, filter, skip, limit=want)
         merged_ranked, exhausted = _collect(snap, queries, want, allowed, base_skip, live_ranked, augmented=False)
         kept = apply_rules(snap, live, merged_ranked, rules, k)
         if len(kept) >= k or exhausted:
@@ -309,14 +313,20 @@ def _search(
 
 def _collect(snap: Snapshot, queries, want: int, allowed, skip: set[int], live_ranked: list, *, augmented: bool):
     """The best ``want`` stored items (raw or augmented vectors) merged with the live ones; and whether the
-    stored ones ran out."""
+    stored ones ran out.
+
+    ``live_ranked`` holds the best ``want`` live items at most (as :func:`_live_ranked` gives them with ``limit``):
+    the merge keeps ``want`` entries, and says exhausted only when no candidate was left out."""
     faiss_index = snap.augmented if augmented else snap.faiss
     empty = faiss_index.ntotal == 0 or (allowed is not None and len(allowed) == 0)
     ranked = [] if empty else _ranked(snap, queries, want, allowed, skip, faiss_index)
     exhausted = len(ranked) < want
     if snap.manifest.item_pooling == "mean" and not snap.single_photo:
         ranked = _mean_pooled(snap, queries, ranked, augmented=augmented)
-    return (sorted(ranked + live_ranked, key=lambda r: -r[1]) if live_ranked else ranked), exhausted
+    if not live_ranked:
+        return ranked, exhausted
+    merged = sorted(ranked + live_ranked, key=lambda r: -r[1])
+    return merged[:want], exhausted and len(live_ranked) < want and len(merged) <= want
 
 
 def _search_augmented(live: LiveState, queries, k: int, skip: set[int], allowed, filter, rules: Rules, spec, item):
@@ -332,23 +342,22 @@ def _search_augmented(live: LiveState, queries, k: int, skip: set[int], allowed,
         fetch = min(n, max(0 if item_query else int(spec.k), spec.guard + 1) + skipped)
         found = snap.faiss.search(np.ascontiguousarray(queries, dtype=np.float32), fetch)
     q_aug = augmented_vectors(snap, photos) if item_query else expand(snap, queries, spec, found)
-    live_aug = None if live.matrix is None else expand(snap, live.matrix, spec)
-    live_raw = _live_ranked(live, queries, filter, skip)
+    live_aug = _live_expanded(live, spec)
+    live_raw = _live_ranked(live, queries, filter, skip, limit=spec.guard + 1)
     if found is not None:
         stored = _first_per_item(snap, found[0], found[1], None, base_skip)
         raw = (sorted(stored + live_raw, key=lambda r: -r[1]) if live_raw else stored)[: spec.guard + 1]
     else:
         raw, _ = _collect(snap, queries, spec.guard + 1, allowed, base_skip, live_raw, augmented=False)
-    live_ranked = _live_ranked(live, q_aug, filter, skip, matrix=live_aug)
-    live_rows = {} if live.owners is None else {int(p): r for r, p in enumerate(_live_photo_ids(live))}
 
     def raw_score(_item: int, photo: int) -> float:
-        row = live_rows.get(int(photo))
+        row = live.row_of_photo.get(int(photo))
         vec = live.matrix[row] if row is not None and live.matrix is not None else snap.faiss.reconstruct(int(photo))
         return float((queries @ np.asarray(vec, np.float32)).max())
 
     want = k + spec.guard + 1
     while True:
+        live_ranked = _live_ranked(live, q_aug, filter, skip, matrix=live_aug, limit=want)
         ranked, exhausted = _collect(snap, q_aug, want, allowed, base_skip, live_ranked, augmented=True)
         order = merged(raw, ranked, spec, item_query=item_query, raw_score_of=raw_score)
         kept = apply_rules(snap, live, order, rules, k)
@@ -358,15 +367,39 @@ def _search_augmented(live: LiveState, queries, k: int, skip: set[int], allowed,
     return _hits(snap, live, kept[:k], rules.fields)
 
 
-def _live_photo_ids(live: LiveState) -> np.ndarray:
-    return np.concatenate([it.photo_ids for it in live.items.values()])  # the matrix's row order
+def _live_expanded(live: LiveState, spec) -> np.ndarray | None:
+    """The live photos' vectors expanded over the snapshot's augmented vectors, in the matrix's row order.
+
+    Computed once per live item (kept with it: it depends on its vectors and the snapshot only) and stacked once
+    per live state, so a search does not redo work that grows with the live segment."""
+    if live.matrix is None:
+        return None
+    key = ("expanded", spec)
+    stacked = live.derived.get(key)
+    if stacked is None:
+        items = list(live.items.values())
+        todo = [it for it in items if key not in it.derived]
+        if todo:  # one batched expansion for the items not seen yet
+            fresh = expand(live.snapshot, np.vstack([it.vectors for it in todo]).astype(np.float32), spec)
+            start = 0
+            for it in todo:
+                it.derived[key] = fresh[start : start + len(it.vectors)]
+                start += len(it.vectors)
+        stacked = live.derived[key] = np.vstack([it.derived[key] for it in items]).astype(np.float32)
+    return stacked
 
 
 def _live_ranked(
-    live: LiveState, queries: np.ndarray, filter, skip: set[int], matrix: np.ndarray | None = None
+    live: LiveState,
+    queries: np.ndarray,
+    filter,
+    skip: set[int],
+    matrix: np.ndarray | None = None,
+    *,
+    limit: int | None = None,
 ) -> list[tuple[int, float, int]]:
-    """The live segment's items by their best photo (exact: it is small); ``matrix``: other vectors of its photos
-    (expanded ones, to compare with augmented queries)."""
+    """The live segment's items by their best photo (exact: it is small), the best ``limit`` of them; ``matrix``:
+    other vectors of its photos (expanded ones, to compare with augmented queries)."""
     if live.matrix is None or live.table is None:
         return []
     scores = (queries @ (live.matrix if matrix is None else matrix).T).max(axis=0)
@@ -386,7 +419,7 @@ def _live_ranked(
     s, owners, photos = scores[keep], live.owners[keep], live.photo_ids[keep]
     order = np.lexsort((-s, owners))  # by item, best photo first
     first = order[np.r_[True, owners[order][1:] != owners[order][:-1]]]
-    best = first[np.argsort(-s[first], kind="stable")]
+    best = first[np.argsort(-s[first], kind="stable")][:limit]
     return [(int(owners[i]), float(s[i]), int(photos[i])) for i in best]
 
 
@@ -475,7 +508,7 @@ def _mean_pooled(snap: Snapshot, queries: np.ndarray, ranked: list, *, augmented
 
 
 def _hits(snap: Snapshot, live: LiveState, ranked: list, fields: tuple[str, ...] | None) -> list[Hit]:
-    live_by_id: dict[int, LiveItem] = {it.id: it for it in live.items.values()}
+    live_by_id: dict[int, LiveItem] = live.by_id
     stored: dict[int, Item] = {it.id: it for it in snap.meta.items([r[0] for r in ranked if r[0] not in live_by_id])}
     out: list[Hit] = []
     for item_id, score, photo_id in ranked:

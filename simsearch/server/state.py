@@ -21,7 +21,7 @@ from pathlib import Path
 
 import faiss
 
-from ..compact import compact_index
+from ..compact import compact_index, truncate_journal
 from ..config.serve import ServeSpec
 from ..errors import ImageError, IndexLockedError, SimsearchError
 from ..gallery import thumbnail_jpeg
@@ -138,7 +138,7 @@ class ServiceState:
                     new.set_backbone(self._backbone)
                 except SimsearchError:
                     pass
-            if self._warm:  # uploads were served: the new index's first one should not wait for the model
+            if self._warm and not new.share_embedder(cur):  # the new index's first upload should not wait
                 try:
                     with self._embed_lock:
                         new.embedder  # noqa: B018 - creates the model
@@ -192,15 +192,27 @@ class ServiceState:
             if self._stop.is_set():
                 return
             try:
-                if self.current.pending_writes():
-                    r = compact_index(self.path)
-                    if r["folded"]:
-                        log.info("folded %d live writes into generation %d", r["folded"], r["generation"])
-                        self.reload()
+                self.compact_once()
             except IndexLockedError:
                 pass  # an `index` run is writing: fold next time
             except Exception as e:  # keep serving; the writes stay in the journal
                 log.warning("could not fold live writes into %s: %s", self.path, e)
+
+    def compact_once(self) -> int:
+        """Fold the pending live writes into a new generation and serve it; returns how many were folded.
+
+        The folded rows stay in the journal until the new generation is served: searches of the old one keep
+        reading them meanwhile (none finds its generation stale and reopens it on the request path)."""
+        if not self.current.pending_writes():
+            return 0
+        r = compact_index(self.path, truncate=False)
+        if r["folded"]:
+            log.info("folded %d live writes into generation %d", r["folded"], r["generation"])
+            try:
+                self.reload()
+            finally:
+                truncate_journal(self.path, r["delta_seq"])
+        return int(r["folded"])
 
     def close(self) -> None:
         self.searcher.close()

@@ -74,13 +74,28 @@ class NewOp:
 
 
 class DeltaJournal:
-    """Appends and reads ``delta.sqlite``. One connection per process, serialised by a lock."""
+    """Appends and reads ``delta.sqlite``: one connection for appends and one for reads, each serialised by its
+    own lock, so that reads (searches looking for new writes) never wait for an append's commit (WAL readers do
+    not block on the writer)."""
 
     def __init__(self, path: Path, dim: int):
         self.file = Path(path) / DELTA
         self.dim = dim
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None
+
+    def _read_conn(self) -> sqlite3.Connection | None:
+        """The reading connection (None while there is no journal file); call with ``_read_lock`` held."""
+        if self._reader is None:
+            if not self.file.exists():
+                return None
+            if self._db is None:  # the schema, once, by the writing connection
+                with self._lock:
+                    self._conn(create=True)
+            self._reader = sqlite3.connect(self.file, check_same_thread=False, timeout=30)
+        return self._reader
 
     def _conn(self, create: bool) -> sqlite3.Connection | None:
         if self._db is None:
@@ -94,6 +109,10 @@ class DeltaJournal:
         return self._db
 
     def close(self) -> None:
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
         with self._lock:
             if self._db is not None:
                 self._db.close()
@@ -138,13 +157,14 @@ class DeltaJournal:
                     item = op.item if op.item is not None or op.kind != "put" else live_item_id(seq)
                     if item != op.item:
                         db.execute("UPDATE ops SET item=? WHERE seq=?", (item, seq))
-                    out.append(Op(seq, op.kind, op.key, item, op.attributes, op.vectors, tuple(op.photos)))
+                    vecs = None if op.vectors is None else np.ascontiguousarray(op.vectors, np.float32)  # as read back
+                    out.append(Op(seq, op.kind, op.key, item, op.attributes, vecs, tuple(op.photos)))
         return out
 
     def read(self, after: int, upto: int | None = None) -> list[Op]:
         """The ops with ``after < seq <= upto``, in order."""
-        with self._lock:
-            db = self._conn(create=False)
+        with self._read_lock:
+            db = self._read_conn()
             if db is None:
                 return []
             rows = db.execute(
@@ -166,16 +186,16 @@ class DeltaJournal:
 
     def last_seq(self) -> int:
         """The seq of the newest write ever journalled (also after compaction deleted it)."""
-        with self._lock:
-            db = self._conn(create=False)
+        with self._read_lock:
+            db = self._read_conn()
             if db is None:
                 return 0
             row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='ops'").fetchone()
             return int(row[0]) if row else 0
 
     def pending(self, after: int) -> int:
-        with self._lock:
-            db = self._conn(create=False)
+        with self._read_lock:
+            db = self._read_conn()
             if db is None:
                 return 0
             return int(db.execute("SELECT COUNT(*) FROM ops WHERE seq > ?", (int(after),)).fetchone()[0])

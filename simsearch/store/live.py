@@ -8,6 +8,7 @@ key, if any, is hidden from the FAISS results. A delete hides it too.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,9 @@ class LiveItem:
     vectors: np.ndarray  # (n_photos, dim), unit rows
     photo_ids: np.ndarray
     photos: tuple[str, ...]  # absolute paths
+    # values derived from the vectors alone (e.g. their expansion over an augmented snapshot), computed once by
+    # the searches that need them and kept by a patch (which changes attributes only)
+    derived: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,6 +46,9 @@ class LiveState:
     owners: np.ndarray | None = None  # item id of each matrix row
     photo_ids: np.ndarray | None = None  # photo id of each matrix row
     table: tuple[np.ndarray, AttributeTable] | None = None  # item ids and attributes, for filters
+    by_id: dict[int, LiveItem] = field(default_factory=dict)  # the items by id
+    row_of_photo: dict[int, int] = field(default_factory=dict)  # matrix row of each live photo id
+    derived: dict = field(default_factory=dict, repr=False)  # per-state values the searches compute once
 
     @property
     def empty(self) -> bool:
@@ -49,13 +56,20 @@ class LiveState:
 
 
 class LiveView:
-    """Follows the journal of one snapshot: :meth:`refresh` applies new writes and returns the current state."""
+    """Follows the journal of one snapshot: :meth:`poll` (searches) and :meth:`refresh` apply new writes and
+    return the current state; :meth:`applied` takes this process's own writes without reading them back.
+
+    Searches do not touch the journal on every call: :meth:`poll` reads it at most once per interval, in one
+    thread at a time (the others take the current state without waiting); this process's writes are applied by
+    the writing thread, so they are seen at once, and other processes' within the interval.
+    """
 
     def __init__(self, snapshot: Snapshot, journal: DeltaJournal):
         self.snapshot = snapshot
         self.journal = journal
         self._lock = threading.Lock()
         self._state = LiveState(snapshot, snapshot.manifest.delta_seq, schema=dict(snapshot.manifest.attributes))
+        self._read_at = -float("inf")  # time.monotonic() of the last journal read
 
     @property
     def state(self) -> LiveState:
@@ -65,12 +79,35 @@ class LiveView:
         """Apply new journal rows; also says whether this snapshot is stale: a compaction folded rows this view
         never read into a newer generation (then only a reload shows them)."""
         with self._lock:
-            seq = self._state.seq
-            ops = self.journal.read(seq)
-            stale = (ops[0].seq != seq + 1) if ops else self.journal.last_seq() > seq
-            if ops and not stale:
+            return self._read()
+
+    def poll(self, interval: float) -> tuple[LiveState, bool]:
+        """:meth:`refresh` when the journal was last read ``interval`` seconds ago or more and no other thread is
+        reading it; otherwise the current state at once (not stale)."""
+        if time.monotonic() - self._read_at < interval or not self._lock.acquire(blocking=False):
+            return self._state, False
+        try:
+            return self._read()
+        finally:
+            self._lock.release()
+
+    def applied(self, ops: list[Op]) -> tuple[LiveState, bool]:
+        """Take writes this process has just journalled (``ops`` as the journal returned them); the journal is
+        read instead when others' writes came in between."""
+        with self._lock:
+            if ops and ops[0].seq == self._state.seq + 1:
                 self._state = self._apply(self._state, ops)
-            return self._state, stale
+                return self._state, False
+            return self._read()
+
+    def _read(self) -> tuple[LiveState, bool]:
+        seq = self._state.seq
+        self._read_at = time.monotonic()
+        ops = self.journal.read(seq)
+        stale = (ops[0].seq != seq + 1) if ops else self.journal.last_seq() > seq
+        if ops and not stale:
+            self._state = self._apply(self._state, ops)
+        return self._state, stale
 
     def _apply(self, state: LiveState, ops: list[Op]) -> LiveState:
         items = dict(state.items)
@@ -94,7 +131,9 @@ class LiveView:
                     continue
                 attrs = {**current.attributes, **(op.attributes or {})}
                 attrs = {k: v for k, v in attrs.items() if v is not None}
-                items[op.key] = LiveItem(current.id, op.key, attrs, current.vectors, current.photo_ids, current.photos)
+                items[op.key] = LiveItem(
+                    current.id, op.key, attrs, current.vectors, current.photo_ids, current.photos, current.derived
+                )
             for name, value in (op.attributes or {}).items() if op.kind != "delete" else ():
                 if value is not None and name not in schema:
                     schema[name] = value_type(value) or "str"
@@ -133,6 +172,9 @@ def _state(snapshot, seq, items, hidden, deleted, schema) -> LiveState:
     else:
         matrix = owners = photo_ids = None
         table = None
+    by_id = {it.id: it for it in live}
+    rows = {} if photo_ids is None else {int(p): r for r, p in enumerate(photo_ids.tolist())}
     return LiveState(
-        snapshot, seq, items, frozenset(hidden), frozenset(deleted), schema, matrix, owners, photo_ids, table
-    )
+        snapshot, seq, items, frozenset(hidden), frozenset(deleted), schema, matrix, owners, photo_ids, table,
+        by_id, rows,
+    )  # fmt: skip
