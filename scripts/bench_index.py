@@ -8,6 +8,7 @@ Usage, from the repository root::
     .venv/bin/python scripts/bench_index.py --json          # the same figures as one JSON document
     .venv/bin/python scripts/bench_index.py --full          # + Recall@1/MAP@R and peak RSS on all of Caltech (slow)
     .venv/bin/python scripts/bench_index.py --images DIR    # any folder of class sub-folders
+    .venv/bin/python scripts/bench_index.py --int8-only     # only OpenVINO fp32 vs int8 (engine, model, index)
 
 Images are read in place from ``../shared/data/caltech101/images`` (relative to the repository root), or from
 the bundled ``simsearch/sample`` when that is absent. Whole class folders are picked (spread over the classes)
@@ -21,8 +22,15 @@ Rows (all with the default backbone, all on the same images, in this one process
   prefetch) with the torch engine (``channels_last``, bf16 autocast). bf16 rows run only where the CPU has
   native bf16 (AVX-512 BF16/AMX): emulated bf16 is many times slower than fp32.
 * ``openvino-fp32`` / ``openvino-bf16``: the same pipeline with the OpenVINO engine (async infer requests).
+* ``openvino-int8``: the backbone quantised by NNCF on ~300 of these photos (start-up includes quantising when the
+  model is not cached yet); its ``cos`` columns are against the fp32 reference like every row's.
 * ``index (default)``: ``build_index`` into a fresh index with default settings (what ``simsearch index`` does,
   including FAISS/SQLite writes), model already loaded.
+* ``index (fp32)`` / ``index (int8)``: ``build_index`` with ``precision="int8"`` once (quantising on the index's
+  own sample unless cached), then fp32 and int8 alternately ``--rounds`` times into fresh indexes, best of each
+  (the load of a shared machine drifts): the ratio is printed. Both indexes' leave-one-out Recall@1 / MAP@R on
+  these photos (BACKGROUND_Google excluded), and the cosine of int8 to fp32 vectors. With ``--full`` the
+  all-images runs include ``--precision int8`` too.
 
 Also reported: each engine on pre-decoded tensors (model-only limit, no I/O), engine start-up time (the first
 run includes the one-off OpenVINO conversion, later ones read the on-disk cache), draft decoding on large
@@ -258,7 +266,12 @@ def full_caltech(images: Path, work: Path) -> dict:
 
     cmd = [sys.executable, "-c", _CLI_WITH_RSS]
     res: dict = {}
-    for name, extra in (("default", []), ("reference", ["--engine", "torch", "--precision", "fp32", "--no-draft"])):
+    configs = [
+        ("default", []),
+        ("reference", ["--engine", "torch", "--precision", "fp32", "--no-draft"]),
+        ("int8", ["--precision", "int8"]),
+    ]
+    for name, extra in configs:
         out = work / f"full-{name}"
         log(f"full Caltech: indexing with {name} settings...")
         t0 = time.perf_counter()
@@ -295,6 +308,11 @@ def full_caltech(images: Path, work: Path) -> dict:
     res["cosine_default_vs_reference"] = cosine_stats(a, b)
     res["delta_recall@1"] = round(res["default"]["recall@1"] - res["reference"]["recall@1"], 4)
     res["delta_map@r"] = round(res["default"]["map@r"] - res["reference"]["map@r"], 4)
+    vi = res["int8"].pop("_vectors")
+    common = sorted(set(va) & set(vi))
+    res["cosine_int8_vs_default"] = cosine_stats(np.vstack([vi[p] for p in common]), np.vstack([va[p] for p in common]))
+    res["int8_delta_recall@1"] = round(res["int8"]["recall@1"] - res["default"]["recall@1"], 4)
+    res["int8_delta_map@r"] = round(res["int8"]["map@r"] - res["default"]["map@r"], 4)
     return res
 
 
@@ -307,6 +325,13 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=1000, help="images to embed per row [default: 1000]")
     ap.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     ap.add_argument("--full", action="store_true", help="also Recall@1/MAP@R + peak RSS on all images (slow)")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating fp32/int8 index runs [default: 2]")
+    ap.add_argument(
+        "--int8-only",
+        action="store_true",
+        help="only OpenVINO fp32 vs int8: pipeline, model only, index end to end, retrieval (no torch rows, draft "
+        "check or query latency)",
+    )
     args = ap.parse_args()
 
     import torch
@@ -317,12 +342,14 @@ def main() -> None:
         TorchEngine,
         cache_dir,
         cpu_count,
+        cpu_flags,
         cpu_has_bf16,
         openvino_available,
         openvino_has_bf16,
         resolve_engine,
         resolve_precision,
     )
+    from simsearch.engines.int8 import calibration_set, nncf_available
 
     images = args.images or (CALTECH if CALTECH.is_dir() else SAMPLE)
     classes, files, others = pick_classes(images, args.limit)
@@ -338,6 +365,7 @@ def main() -> None:
         "cpu_bf16": cpu_has_bf16(),
         "openvino": openvino_available(),
         "openvino_bf16": openvino_has_bf16(),
+        "cpu_flags": " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "vnni", "avx512")))),
         "default": {"engine": auto_engine, "precision": resolve_precision(auto_engine, "auto"), "draft": True},
         "openvino_cache": str(cache_dir() / "openvino"),
         "load_avg_start": round(os.getloadavg()[0], 2),
@@ -345,13 +373,15 @@ def main() -> None:
         "model_only": [],
     }
 
-    # the reference: textbook pipeline
-    log("baseline (textbook, fp32 NCHW)...")
-    ref, secs = run_baseline(bb, files)
-    base_rate = len(files) / secs
-    result["rows"].append(
-        {"row": "baseline", "img_per_s": round(base_rate, 1), "speedup": 1.0, "cos_median": 1.0, "cos_min": 1.0}
-    )
+    # the reference: textbook pipeline (with --int8-only: the openvino-fp32 row)
+    ref, base_rate = None, None
+    if not args.int8_only:
+        log("baseline (textbook, fp32 NCHW)...")
+        ref, secs = run_baseline(bb, files)
+        base_rate = len(files) / secs
+        result["rows"].append(
+            {"row": "baseline", "img_per_s": round(base_rate, 1), "speedup": 1.0, "cos_median": 1.0, "cos_min": 1.0}
+        )
 
     # engines: (row name, factory or None with the reason it is skipped)
     have_ov = openvino_available()
@@ -364,7 +394,14 @@ def main() -> None:
             lambda: OpenVINOEngine(bb, "bf16"),
             None if have_ov and openvino_has_bf16() else "no native bf16 on this CPU (OpenVINO would run fp32)",
         ),
+        (
+            "openvino-int8",
+            lambda: OpenVINOEngine(bb, "int8", calibration=calibration_set(files)),
+            None if have_ov and nncf_available() else "needs openvino and nncf (pip install 'simsearch[int8]')",
+        ),
     ]
+    if args.int8_only:
+        variants = [v for v in variants if v[0] in ("openvino-fp32", "openvino-int8")]
     engines = {}
     for name, make, skip in variants:
         if skip:
@@ -377,6 +414,8 @@ def main() -> None:
         engines[name] = engine
         vecs, secs = run_pipeline(bb, engine, files)
         rate = len(files) / secs
+        if ref is None or base_rate is None:  # --int8-only: openvino-fp32 is the reference
+            ref, base_rate = vecs, rate
         result["rows"].append(
             {
                 "row": name,
@@ -411,6 +450,8 @@ def main() -> None:
             }
         )
         result["index_img_per_s"] = round(rate, 1)
+        if "openvino-int8" in engines:
+            result["int8"] = int8_index_rows(bb, classes, files, work, result, ref, base_rate, args.rounds)
 
         # model-only limit: pre-decoded tensors
         log("model-only...")
@@ -426,19 +467,8 @@ def main() -> None:
         best = max(r["img_per_s"] for r in result["model_only"])
         result["index_vs_best_model_only"] = round(result["index_img_per_s"] / best, 2)
 
-        log("draft decoding on large JPEGs...")
-        result["draft"] = draft_check(bb, files)
-
-        log("query latency...")
-        new = others[:: max(1, len(others) // 31)][:31] if len(others) >= 4 else []
-        if len(new) < 4:  # no other classes (e.g. the sample): mirrored copies are new images
-            new = []
-            for i, f in enumerate(files[:31]):
-                p = work / "new" / f"{i}.jpg"
-                p.parent.mkdir(exist_ok=True)
-                Image.open(f).convert("RGB").transpose(Image.FLIP_LEFT_RIGHT).save(p, quality=92)
-                new.append(p)
-        result["query"] = query_latency(work / "index", new)
+        if not args.int8_only:
+            draft_and_query(bb, files, others, work, result)
 
         if args.full:
             result["full"] = full_caltech(images, work)
@@ -451,6 +481,89 @@ def main() -> None:
         print(json.dumps(result, indent=2))
     else:
         print_table(result)
+
+
+def draft_and_query(bb, files, others, work: Path, result: dict) -> None:
+    """Draft decoding on large JPEGs, and query latency on the default index."""
+    from PIL import Image
+
+    log("draft decoding on large JPEGs...")
+    result["draft"] = draft_check(bb, files)
+
+    log("query latency...")
+    new = others[:: max(1, len(others) // 31)][:31] if len(others) >= 4 else []
+    if len(new) < 4:  # no other classes (e.g. the sample): mirrored copies are new images
+        new = []
+        for i, f in enumerate(files[:31]):
+            p = work / "new" / f"{i}.jpg"
+            p.parent.mkdir(exist_ok=True)
+            Image.open(f).convert("RGB").transpose(Image.FLIP_LEFT_RIGHT).save(p, quality=92)
+            new.append(p)
+    result["query"] = query_latency(work / "index", new)
+
+
+def index_vectors(path: Path, files: list[Path]) -> np.ndarray:
+    """The vectors an index holds for ``files``, in that order."""
+    import simsearch
+
+    with simsearch.open_index(path) as idx:
+        ids, vecs = idx.vectors()
+        by_path = dict(zip([str(it.abspath) for it in idx.items(ids)], vecs, strict=True))
+    return np.vstack([by_path[str(f)] for f in files])
+
+
+def int8_index_rows(bb, classes, files, work: Path, result: dict, ref, base_rate, rounds: int) -> dict:
+    """``build_index(precision="int8")`` once (quantising unless cached), then fp32 and int8 alternately ``rounds``
+    times (best of each): the speed ratio, the cosine of int8 to fp32 vectors, and both indexes' retrieval."""
+    import simsearch
+    from simsearch.evaluate import retrieval_metrics
+    from simsearch.index import build_index
+
+    out: dict = {}
+    log("index (int8, first run: quantising unless cached)...")
+    report = build_index(classes, work / "index-int8", backbone=bb, precision="int8")
+    out["index_first_img_per_s"] = round(report.embedded / report.seconds, 1)
+    # fp32 and int8 alternately into fresh indexes, best of each: the load of a shared machine drifts
+    best = {"fp32": 0.0, "int8": 0.0}
+    for r in range(rounds):
+        for precision in ("fp32", "int8"):
+            log(f"index ({precision}, round {r + 1} of {rounds})...")
+            shutil.rmtree(work / f"index-{precision}", ignore_errors=True)
+            report = build_index(classes, work / f"index-{precision}", backbone=bb, precision=precision)
+            best[precision] = max(best[precision], report.embedded / report.seconds)
+    out["index_cached_img_per_s"], out["fp32_img_per_s"] = round(best["int8"], 1), round(best["fp32"], 1)
+    out["rounds"] = rounds
+    rate = out["index_cached_img_per_s"]
+    with simsearch.open_index(work / "index-int8") as idx:
+        cal = idx.manifest.extra["embedding"]["calibration"]
+    ivecs = index_vectors(work / "index-int8", files)
+    fp32_vecs = index_vectors(work / "index-fp32", files)
+    for name, precision in (("index (fp32)", "fp32"), ("index (int8)", "int8")):
+        vecs = fp32_vecs if precision == "fp32" else ivecs
+        row_rate = round(best[precision], 1)
+        result["rows"].append(
+            {
+                "row": name,
+                "img_per_s": row_rate,
+                "speedup": round(row_rate / base_rate, 2),
+                **cosine_stats(vecs, ref),
+                "settings": f"best of {rounds} alternating runs"
+                + (
+                    f"; calibration {cal['count']} photos of the {cal['source']}; first run (quantising) "
+                    f"{out['index_first_img_per_s']} img/s"
+                    if precision == "int8"
+                    else ""
+                ),
+            }
+        )
+    out["ratio_vs_fp32"] = round(rate / out["fp32_img_per_s"], 2)
+    out["cos_vs_fp32_index"] = cosine_stats(ivecs, fp32_vecs)
+    labels = np.asarray([Path(f).parent.name for f in files])
+    keep = labels != "BACKGROUND_Google"
+    for name, v in (("fp32", fp32_vecs), ("int8", ivecs)):
+        m = retrieval_metrics(v[keep], labels[keep].tolist(), (1,))
+        out[f"{name}_recall@1"], out[f"{name}_map@r"] = m["recall@1"], m["map@r"]
+    return out
 
 
 def print_table(r: dict) -> None:
@@ -479,6 +592,24 @@ def print_table(r: dict) -> None:
     for m in r["model_only"]:
         print(f"{m['engine']:<30} {m['img_per_s']:>8.1f}")
     print(f"index (default) / best model-only: {r['index_vs_best_model_only']:.2f}")
+    if "int8" in r:
+        i8 = r["int8"]
+        c = i8["cos_vs_fp32_index"]
+        print(
+            f"index int8 / index fp32: {i8['ratio_vs_fp32']:.2f}x ({i8['index_cached_img_per_s']} vs "
+            f"{i8['fp32_img_per_s']} img/s, best of {i8['rounds']} alternating runs each; first int8 run incl. quantising {i8['index_first_img_per_s']} img/s); "
+            f"cosine int8 vs fp32 vectors: median {c['cos_median']}, min {c['cos_min']}\n"
+            f"retrieval on these {r['n_images']} photos: Recall@1 {i8['int8_recall@1']} (int8) vs "
+            f"{i8['fp32_recall@1']} (fp32), MAP@R {i8['int8_map@r']} vs {i8['fp32_map@r']}"
+        )
+    print(f"CPU flags: {r['cpu_flags']}")
+    if "draft" in r:
+        print_draft_and_query(r)
+    print(f"peak RSS of this benchmark process: {r['peak_rss_mb']} MB")
+    print_full(r)
+
+
+def print_draft_and_query(r: dict) -> None:
     dr = r["draft"]
     print(
         f"\ndraft decoding, {dr['images']} JPEGs of ~{dr['median_size']}: decode+preprocess "
@@ -492,11 +623,13 @@ def print_table(r: dict) -> None:
         f"p50 {q['library_search_ms_p50']} ms, p90 {q['library_search_ms_p90']} ms "
         f"({q['library_searches']} new images; first search incl. model load {q['library_first_search_s']} s)"
     )
-    print(f"peak RSS of this benchmark process: {r['peak_rss_mb']} MB")
+
+
+def print_full(r: dict) -> None:
     if "full" in r:
         f = r["full"]
         print("\nall images, fresh `simsearch index` processes:")
-        for name in ("default", "reference"):
+        for name in ("default", "reference", "int8"):
             x = f[name]
             print(
                 f"  {name:<10} {x['images']} images, {x['img_per_s']} img/s, peak RSS {x['peak_rss_mb']} MB, "
@@ -506,6 +639,12 @@ def print_table(r: dict) -> None:
         print(
             f"  default vs reference: cosine median {c['cos_median']}, min {c['cos_min']}; "
             f"delta Recall@1 {f['delta_recall@1']:+.4f}, MAP@R {f['delta_map@r']:+.4f}"
+        )
+        c = f["cosine_int8_vs_default"]
+        print(
+            f"  int8 vs default: cosine median {c['cos_median']}, min {c['cos_min']}; "
+            f"delta Recall@1 {f['int8_delta_recall@1']:+.4f}, MAP@R {f['int8_delta_map@r']:+.4f}, "
+            f"speed {f['int8']['img_per_s']} vs {f['default']['img_per_s']} img/s"
         )
 
 

@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -167,45 +168,64 @@ def checker(port, pending: queue.Queue, lags: list) -> None:
         lags.append(lag)
 
 
+WRITERS = 4  # writes in flight at most: the writer keeps its rate while a put waits for its photo's embedding
+
+
 def writer(port, rate, seconds, log: list, pending: queue.Queue) -> None:
-    """Puts (70 %), patches (20 %) and deletes (10 %) at ``rate`` per second; appends acknowledged writes to log."""
+    """Puts (70 %), patches (20 %) and deletes (10 %) started at ``rate`` per second (open loop: a write does not
+    wait for the previous one's acknowledgement, up to :data:`WRITERS` in flight); appends acknowledged writes to log.
+    Patches and deletes pick an acknowledged key that no other write in flight is using."""
     rng = random.Random(7)
-    live: list[str] = []
+    live: list[str] = []  # acknowledged keys, not deleted
+    busy: set[str] = set()  # keys with a write in flight
+    lock = threading.Lock()
+
+    def put(n: int, key: str) -> None:
+        body, ctype = multipart(
+            {"attributes": json.dumps({"probe": n, "label": "live"})}, [("photo", "p.jpg", photo(n))]
+        )
+        status, _ = request(port, "PUT", f"/items/{key}", body, {"Content-Type": ctype})
+        done("put", key, n, status)
+
+    def patch(n: int, key: str) -> None:
+        body = json.dumps({"attributes": {"probe": n}})
+        status, _ = request(port, "PATCH", f"/items/{key}", body, {"Content-Type": "application/json"})
+        done("patch", key, n, status)
+
+    def delete(n: int, key: str) -> None:
+        status, _ = request(port, "DELETE", f"/items/{key}")
+        done("delete", key, None, status)
+
+    def done(kind: str, key: str, probe, status: int) -> None:
+        entry = {"kind": kind, "key": key, "probe": probe, "status": status, "ack": time.monotonic()}
+        with lock:
+            busy.discard(key)
+            if status == 200 and kind == "put":
+                live.append(key)
+            log.append(entry)
+        if status == 200 and kind != "delete":
+            pending.put(entry)
+
     n = 0
     end = time.monotonic() + seconds
     next_at = time.monotonic()
-    while time.monotonic() < end:
-        time.sleep(max(0.0, next_at - time.monotonic()))
-        next_at += 1.0 / rate
-        n += 1
-        roll = rng.random()
-        if roll < 0.7 or len(live) < 3:
-            key = f"live-{n}"
-            body, ctype = multipart(
-                {"attributes": json.dumps({"probe": n, "label": "live"})}, [("photo", "p.jpg", photo(n))]
-            )
-            status, _ = request(port, "PUT", f"/items/{key}", body, {"Content-Type": ctype})
-            kind, probe = "put", n
-            if status == 200:
-                live.append(key)
-        elif roll < 0.9:
-            key = rng.choice(live)
-            status, _ = request(
-                port,
-                "PATCH",
-                f"/items/{key}",
-                json.dumps({"attributes": {"probe": n}}),
-                {"Content-Type": "application/json"},
-            )
-            kind, probe = "patch", n
-        else:
-            key = live.pop(rng.randrange(len(live)))
-            status, _ = request(port, "DELETE", f"/items/{key}")
-            kind, probe = "delete", None
-        entry = {"kind": kind, "key": key, "probe": probe, "status": status, "ack": time.monotonic()}
-        log.append(entry)
-        if status == 200 and kind != "delete":
-            pending.put(entry)
+    with ThreadPoolExecutor(WRITERS) as pool:
+        while time.monotonic() < end:
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            next_at += 1.0 / rate
+            n += 1
+            roll = rng.random()
+            with lock:
+                free = [k for k in live if k not in busy]
+                if roll < 0.7 or len(free) < 3:
+                    key, task = f"live-{n}", put
+                elif roll < 0.9:
+                    key, task = rng.choice(free), patch
+                else:
+                    key, task = free[rng.randrange(len(free))], delete
+                    live.remove(key)
+                busy.add(key)
+            pool.submit(task, n, key)
     pending.put(None)
 
 
@@ -256,7 +276,7 @@ def main() -> None:
         for name, r in (("searches only", quiet), (f"with {args.writes_per_second:g} writes/s", busy)):
             print(f"| {name} | {r['requests']} | {r['rps']:.1f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['errors']} |")
         print(f"\np99 with writes / without: {busy['p99'] / quiet['p99']:.2f} (goal <= 2)")
-        print(f"writes: {len(log)} ({failed_writes} failed); puts and patches seen by searches: {len(seen)}/{len(lags)}, "
+        print(f"writes: {len(log)} in {args.seconds:g} s = {len(log) / args.seconds:.1f}/s ({failed_writes} failed); puts and patches seen by searches: {len(seen)}/{len(lags)}, "
               f"lag after the acknowledgement p50 {statistics.median(seen) * 1000:.0f} ms, max {seen[-1] * 1000:.0f} ms, "
               f"{sum(1 for x in seen if x > 1.0)} over 1 s")  # fmt: skip
         unseen = [e for e in log if e.get("kind") != "delete" and "lag" in e and e["lag"] is None]

@@ -161,7 +161,7 @@ def run_build(
                 prune=prune,
                 commit_every=commit_every,
                 progress=progress,
-                get_embedder=lambda: state.get(writer),
+                get_embedder=lambda paths: state.get(writer, paths),
                 max_pixels=max_pixels,
             )
             _finish(writer, augment_spec, augment_base, progress)
@@ -303,7 +303,7 @@ class _EmbedderState:
     engine_options: dict | None = None
     settings: EmbeddingSettings | None = None
 
-    def get(self, writer: GenerationWriter) -> Embedder:
+    def get(self, writer: GenerationWriter, paths: list | None = None) -> Embedder:
         m = writer.m
         if self.embedder is None:
             if self.bb is None:
@@ -312,7 +312,7 @@ class _EmbedderState:
             self.embedder, self.settings = embedder_for_index(
                 self.bb, m.extra, m.count, engine=self.engine, precision=self.precision, draft=self.draft,
                 where=str(self.path), batch_size=self.batch_size, workers=self.workers, max_pixels=self.max_pixels,
-                engine_options=self.engine_options,
+                engine_options=self.engine_options, paths=paths,
             )  # fmt: skip
         else:
             self.settings = recorded_settings(m.extra, m.count) or self.embedder.settings()

@@ -6,6 +6,7 @@ so both always use exactly the same preprocessing.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -29,7 +30,10 @@ from .engines import (
     engine_info,
     engine_settings,
     list_engines,
+    resolve_engine,
 )
+from .engines.auto_precision import PrecisionChoice, choose_precision
+from .engines.int8 import calibration_set
 from .errors import ImageError, SimsearchError
 from .images import DEFAULT_MAX_PIXELS
 from .phash import phash
@@ -97,6 +101,7 @@ class Embedder:
         draft: bool = False,
         engine_options: dict[str, Any] | None = None,
         phash: bool = True,
+        reason: str = "",
     ):
         self.backbone = backbone
         self.phash = bool(phash)
@@ -109,6 +114,7 @@ class Embedder:
         self.workers = workers or default_workers()
         self.max_pixels = max_pixels
         self.draft = bool(draft)
+        self.reason = reason  # why --precision auto chose the engine's precision (recorded with the settings)
         # OpenVINO gets the torch-free copy of the timm transform (identical arrays; no torch ops in the decoders)
         numpy = getattr(engine, "name", "") == "openvino"
         self.preprocessor = Preprocessor(backbone, numpy=numpy, draft=self.draft, max_pixels=max_pixels)
@@ -116,7 +122,8 @@ class Embedder:
     def settings(self) -> EmbeddingSettings:
         """How this embedder turns images into vectors (recorded in an index's manifest)."""
         es = engine_settings(self.engine)
-        return EmbeddingSettings(engine=es["engine"], precision=es["precision"], draft=self.draft)
+        cal = getattr(self.engine, "calibration", None) if es["precision"] == "int8" else None
+        return EmbeddingSettings(es["engine"], es["precision"], self.draft, calibration=cal, reason=self.reason)
 
     @property
     def dim(self) -> int:
@@ -234,6 +241,7 @@ def embedder_for_index(
     draft: bool | None = None,
     where: str = "index",
     engine_options: dict[str, Any] | None = None,
+    paths: Sequence[str | Path] | None = None,
     **kwargs: Any,
 ) -> tuple[Embedder, EmbeddingSettings]:
     """An :class:`Embedder` that embeds new images exactly as an index's items were (at index and query time),
@@ -246,25 +254,37 @@ def embedder_for_index(
     recorded settings. A callable ``engine`` is used as given (the caller vouches for it). ``engine_options`` go
     to the asked engine's factory, other keyword arguments to the :class:`Embedder` (``batch_size``, ``workers``,
     ``max_pixels``).
+
+    int8 vectors are a different embedding from fp32/bf16 ones: an int8 index is only ever added to and queried
+    with its own quantised model (its recorded calibration), and refuses any other engine, an fp32 one included
+    (and an fp32/bf16 index refuses int8). For a new index, ``paths`` (the photos about to be embedded) is what
+    ``--precision int8`` calibrates on, and what ``auto`` weighs int8 for
+    (:func:`~simsearch.engines.auto_precision.choose_precision`).
     """
     rec = recorded_settings(extra, count, where)
     if engine is not None and not isinstance(engine, str):
         use_draft = draft if draft is not None else (rec.draft if rec else True)
         emb = Embedder(backbone, engine=engine, precision=precision, draft=use_draft, **kwargs)
+        if rec is not None:
+            _check_same_kind(rec, emb.settings(), where)
         return emb, rec or emb.settings()
     if rec is None:
-        emb = Embedder(
-            backbone, engine=engine or AUTO, precision=precision or AUTO, draft=True if draft is None else draft,
-            engine_options=engine_options, **kwargs,
-        )  # fmt: skip
-        return emb, emb.settings()
+        return _new_embedder(backbone, engine, precision, draft, engine_options, paths, kwargs)
     asked = (engine or AUTO).lower()
     substitute = asked != AUTO and engine_info(asked).substitute
+    if substitute and rec.precision == "int8":
+        raise SimsearchError(
+            f"{where} was embedded with {rec.describe()}: engine {asked} makes fp32 vectors, which must not be "
+            f"mixed with int8 ones. Leave out --engine, or build a new index with --out"
+        )
     conflicts = {} if substitute else {"engine": asked, "precision": (precision or AUTO).lower()}
     for key, value in conflicts.items():
         if value != AUTO and value != getattr(rec, key):
+            mixing = (
+                " (int8 and fp32/bf16 vectors are different embeddings)" if "int8" in (value, rec.precision) else ""
+            )
             raise SimsearchError(
-                f"{where} was embedded with {rec.describe()}: its new images must be embedded the same way. "
+                f"{where} was embedded with {rec.describe()}: its new images must be embedded the same way{mixing}. "
                 f"Leave out --{key} (or use auto), or build a new index with --out"
             )
     if draft is not None and bool(draft) != rec.draft:
@@ -275,9 +295,62 @@ def embedder_for_index(
         eng = create_engine(backbone, asked, precision or AUTO, kwargs.get("batch_size"), **(engine_options or {}))
     else:
         name = rec.engine if rec.engine in list_engines() and not engine_info(rec.engine).substitute else REFERENCE
-        options = engine_options if asked == name else None
-        eng = create_engine(backbone, name, rec.precision, kwargs.get("batch_size"), fallback=True, **(options or {}))
-    return Embedder(backbone, engine=eng, draft=rec.draft, **kwargs), rec
+        options = dict(engine_options or {}) if asked == name else {}
+        if rec.precision == "int8":
+            options["calibration"] = rec.calibration  # that very quantised model
+        eng = create_engine(backbone, name, rec.precision, kwargs.get("batch_size"), fallback=True, **options)
+    return Embedder(backbone, engine=eng, draft=rec.draft, reason=rec.reason, **kwargs), rec
+
+
+def _check_same_kind(rec: EmbeddingSettings, given: EmbeddingSettings, where: str) -> None:
+    """Refuse an engine object whose vectors are not of the index's kind where that is known to differ: int8 vs
+    fp32/bf16, or int8 quantised on another calibration (a plain callable is taken on trust otherwise)."""
+    if "int8" not in (rec.precision, given.precision):
+        return
+    if given.precision != rec.precision or not given.same_vectors(dataclasses.replace(rec, engine=given.engine)):
+        raise SimsearchError(
+            f"{where} was embedded with {rec.describe()}, not {given.describe()}: int8 and fp32/bf16 vectors (or two "
+            f"int8 calibrations) are different embeddings. Query it with its own engine (leave the engine out)"
+        )
+
+
+def _new_embedder(
+    backbone: Backbone,
+    engine: str | None,
+    precision: str | None,
+    draft: bool | None,
+    engine_options: dict[str, Any] | None,
+    paths: Sequence[str | Path] | None,
+    kwargs: dict[str, Any],
+) -> tuple[Embedder, EmbeddingSettings]:
+    """The embedder of a new index: ``int8`` calibrated on ``paths``; ``auto`` weighing int8 when ``paths`` is known."""
+    use_draft = True if draft is None else bool(draft)
+    asked_precision = (precision or AUTO).lower()
+    options = dict(engine_options or {})
+    choice: PrecisionChoice | None = None
+    if asked_precision == "int8":
+        options.setdefault("calibration", calibration_set(list(paths or []), draft=use_draft))
+    elif asked_precision == AUTO and paths is not None and "calibration" not in options:
+        name = resolve_engine(engine or AUTO)
+        if engine_info(name).int8 and not options:
+            try:
+                choice = choose_precision(backbone, name, list(paths), draft=use_draft)
+            except Exception as e:  # NNCF or OpenVINO failing on this model...: what auto chose before
+                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                log.warning("int8 could not be tried (%s); using the usual precision", first)
+                choice = PrecisionChoice(AUTO, f"int8 could not be tried ({first})")
+            if choice.calibration is not None:
+                options["calibration"] = choice.calibration
+    if choice is not None and choice.engine is not None:
+        emb = Embedder(backbone, engine=choice.engine, draft=use_draft, **kwargs)
+    else:
+        eng_precision = choice.precision if choice is not None else asked_precision
+        emb = Embedder(
+            backbone, engine=engine or AUTO, precision=eng_precision, draft=use_draft, engine_options=options, **kwargs
+        )
+    if choice is not None:
+        emb.reason = choice.reason if choice.precision != AUTO else f"{emb.settings().precision}: {choice.reason}"
+    return emb, emb.settings()
 
 
 def cached_embedder_for_index(
@@ -297,9 +370,11 @@ def cached_embedder_for_index(
         )
         if bb is None:
             return None
-        options = kwargs.pop("engine_options", None) or {}
+        options: dict[str, Any] = dict(kwargs.pop("engine_options", None) or {})
+        if rec.precision == "int8":
+            options["calibration"] = rec.calibration
         eng = create_engine(bb, "openvino", rec.precision, kwargs.get("batch_size"), **options)
-        return Embedder(bb, engine=eng, draft=rec.draft, **kwargs)
+        return Embedder(bb, engine=eng, draft=rec.draft, reason=rec.reason, **kwargs)
     except Exception as e:  # a damaged cache entry...: the full path still works
         log.debug("cannot use the cached OpenVINO model (%s); loading the backbone", e)
         return None

@@ -71,7 +71,7 @@ def sync(
     prune: bool,
     commit_every: int,
     progress: bool,
-    get_embedder: Callable[[], Embedder],
+    get_embedder: Callable[[list], Embedder],
     max_pixels: int | None,
 ) -> None:
     db = writer.db  # the writer reconnects after each commit: use writer.db after embedding starts
@@ -162,7 +162,8 @@ def _embed_tasks(writer, tasks, report, commit_every, progress, get_embedder) ->
     created: dict[str, int] = {}
     updated: set[str] = set()
     pending = 0
-    for batch in get_embedder().embed_files(tasks, path_of=lambda t: t.photo.path, progress=progress):
+    embedder = get_embedder([t.photo.path for t in tasks])  # the photos to embed (what int8 calibrates on)
+    for batch in embedder.embed_files(tasks, path_of=lambda t: t.photo.path, progress=progress):
         ids = writer.allocate_ids(len(batch.items))
         new_items, rows = [], []
         hashes = batch.phashes if len(batch.phashes) == len(batch.items) else [None] * len(batch.items)

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..backbones import Backbone, l2_normalize
 from ..system import cpu_count
-from . import cache
+from . import cache, int8
 from .protocol import Batch
 from .runtime import import_openvino
 
@@ -64,7 +64,9 @@ class OpenVINOEngine:
 
     ``precision`` ``bf16`` sets ``INFERENCE_PRECISION_HINT``; where the CPU has no bf16 OpenVINO computes in
     fp32 and :attr:`precision` says so. fp32 is always asked for explicitly (OpenVINO would otherwise pick
-    bf16 by itself on CPUs that have it).
+    bf16 by itself on CPUs that have it). ``int8`` runs the backbone quantised by NNCF (:mod:`.int8`) on
+    ``calibration`` (a :class:`~simsearch.engines.int8.CalibrationSet`, or an index's recorded calibration; None:
+    the bundled sample photos); :attr:`calibration` is then its record.
     """
 
     name = "openvino"
@@ -77,11 +79,12 @@ class OpenVINOEngine:
         *,
         threads: int | None = None,
         hint: str = "throughput",
+        calibration: Any = None,
     ):
         import openvino as ov
 
-        if precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
+        if precision not in ("auto", "fp32", "bf16", "int8"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or int8, not {precision!r}")
         if hint not in ("throughput", "latency"):  # latency: one stream (a single image: a third less to load)
             raise ValueError(f"hint must be throughput or latency, not {hint!r}")
         if precision == "auto":  # bf16 where OpenVINO runs it natively on this CPU
@@ -93,7 +96,12 @@ class OpenVINOEngine:
             log.warning("this CPU has no native bf16: OpenVINO computes in fp32")
         self.batch_size = int(batch_size or DEFAULT_BATCH)
         core = ov_core()
-        model, entry = cache.load_or_convert(backbone)
+        self.calibration: dict | None = None
+        if precision == "int8":
+            cal = calibration if calibration is not None else int8.calibration_set([])
+            model, entry, self.calibration = int8.load_or_quantize(backbone, cal)
+        else:
+            model, entry = cache.load_or_convert(backbone)
         config: dict[str, Any] = {
             "PERFORMANCE_HINT": hint.upper(),
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
@@ -105,7 +113,7 @@ class OpenVINOEngine:
         try:
             self.compiled = core.compile_model(str(model) if isinstance(model, Path) else model, "CPU", config)
         except RuntimeError:
-            if entry is None:
+            if entry is None or self.calibration is not None:
                 raise
             log.warning("the cached OpenVINO model in %s is unusable; converting again", entry)
             shutil.rmtree(entry, ignore_errors=True)
@@ -115,6 +123,8 @@ class OpenVINOEngine:
         log.debug("compiled the OpenVINO model in %.2f s", time.perf_counter() - t0)
         effective = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
         self.precision = "bf16" if ("bf16" in effective or "bfloat16" in effective) else "fp32"  # "<Type: 'bfloat16'>"
+        if self.calibration is not None:
+            self.precision = "int8"
         self.requests = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self._idle: queue.SimpleQueue = queue.SimpleQueue()  # infer requests for synchronous calls
 

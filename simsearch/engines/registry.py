@@ -5,6 +5,8 @@ optional extra). Add one with :func:`register_engine`; :func:`create_engine` mak
 how ``build_index(engine=...)``, the CLI's ``--engine`` and query time (the engine recorded in an index) get
 theirs. ``precision="auto"`` means ``bf16`` where the engine runs it natively on this CPU (AVX-512 BF16 or AMX;
 OpenVINO's ``OPTIMIZATION_CAPABILITIES`` lists ``BF16``) and ``fp32`` elsewhere: emulated bf16 is slower.
+``int8`` (a quantised backbone: different vectors) runs on engines registered with ``int8=True`` (OpenVINO); when
+``auto`` picks it is decided with measurements by :mod:`simsearch.engines.auto_precision`.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ class EngineInfo:
 
     ``available``: whether it can run here (asked by ``auto``); ``native_bf16``: whether ``precision="auto"``
     should pick bf16; ``substitute``: its vectors are the fp32 reference's, so it may add to an index embedded by
-    another engine (which keeps its recorded settings); ``label``/``install``: for messages.
+    another engine (which keeps its recorded settings); ``label``/``install``: for messages; ``int8``: it runs
+    ``precision="int8"`` (with a ``calibration`` option).
     """
 
     name: str
@@ -53,6 +56,7 @@ class EngineInfo:
     substitute: bool = False
     label: str = ""
     install: str = ""
+    int8: bool = False
 
 
 def _openvino_available() -> bool:
@@ -71,6 +75,7 @@ _REGISTRY: dict[str, EngineInfo] = {
         _openvino_bf16,
         label="OpenVINO",
         install="pip install openvino",
+        int8=True,
     ),
     "torch": EngineInfo("torch", torch_engine.create, label="torch"),
     "ray": EngineInfo(
@@ -87,13 +92,14 @@ def register_engine(
     native_bf16: Callable[[], bool] = cpu_has_bf16,
     substitute: bool = False,
     replace: bool = False,
+    int8: bool = False,
 ) -> None:
     """Make ``factory(backbone, precision, batch_size, **options) -> Engine`` available as engine ``name``."""
     if not isinstance(name, str) or not name or name != name.lower() or name == AUTO:
         raise ValueError(f"an engine name must be a lower-case word other than 'auto', not {name!r}")
     if name in _REGISTRY and not replace:
         raise ValueError(f"engine {name!r} is already registered (pass replace=True to replace it)")
-    _REGISTRY[name] = EngineInfo(name, factory, available, native_bf16, substitute, label=name)
+    _REGISTRY[name] = EngineInfo(name, factory, available, native_bf16, substitute, label=name, int8=int8)
 
 
 def list_engines() -> list[str]:
@@ -117,10 +123,14 @@ def resolve_engine(engine: str | None = AUTO) -> str:
 
 
 def resolve_precision(engine: str, precision: str | None = AUTO) -> str:
-    """``auto`` → ``bf16`` where ``engine`` runs it natively on this CPU, else ``fp32``."""
+    """``auto`` → ``bf16`` where ``engine`` runs it natively on this CPU, else ``fp32`` (the choice without
+    measurements: see :mod:`.auto_precision` for the one that may pick int8)."""
     precision = (precision or AUTO).lower()
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "int8" and not engine_info(engine).int8:
+        int8_engines = ", ".join(n for n in list_engines() if _REGISTRY[n].int8) or "none"
+        raise BackboneError(f"precision int8 needs an engine that runs it ({int8_engines}), not {engine}")
     if precision != AUTO:
         return precision
     return "bf16" if engine_info(engine).native_bf16() else "fp32"
@@ -136,7 +146,8 @@ def create_engine(
     **options: Any,
 ) -> Engine:
     """An inference engine for ``backbone``: ``engine`` ``auto`` or a registered name, ``precision``
-    auto|fp32|bf16, ``options`` for the engine's factory (e.g. ``address`` for ``ray``).
+    auto|fp32|bf16|int8, ``options`` for the engine's factory (e.g. ``address`` for ``ray``, ``calibration``
+    for int8).
 
     ``auto`` picks OpenVINO where it is installed (else torch) and bf16 where the CPU runs it natively (else
     fp32). When the engine cannot be made (not installed, the model does not convert...) ``auto`` falls back to
@@ -154,7 +165,7 @@ def create_engine(
     except Exception as e:  # ImportError, conversion or compilation errors...
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         label = info.label or info.name
-        if not fallback:
+        if not fallback or resolved == "int8":  # no fp32 stand-in for int8 vectors
             hint = f" ({info.install})" if isinstance(e, ImportError) and info.install else ""
             raise BackboneError(f"cannot run {backbone.name} with {label}{hint}: {first}") from None
         log.warning("%s cannot run %s (%s); using torch", label, backbone.name, first)
