@@ -87,9 +87,9 @@ def photo(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def start_server(index: Path, port: int) -> subprocess.Popen:
+def start_server(index: Path, port: int, extra: list[str] | None = None) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [*SIMSEARCH, "serve", str(index), "--port", str(port), "--no-access-log", "-q"],
+        [*SIMSEARCH, "serve", str(index), "--port", str(port), "--no-access-log", "-q", *(extra or [])],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -152,11 +152,12 @@ def visible(port, probe: int, present: bool, since: float, timeout=5.0) -> float
         status, body = post_json(port, "/search", {"vector": zero, "k": 1, "filter": {"probe": probe}})
         if status == 200 and bool(body["results"]) == present:
             return time.monotonic() - since
-        time.sleep(0.02)
+        time.sleep(POLL)
     return None
 
 
 DIM = [0]
+POLL = 0.05  # seconds between a checker's searches: the lag is known to 50 ms, and checking adds little load
 CHECKERS = 6  # so that a check starts as soon as its write is acknowledged (a queue would add its own wait)
 
 
@@ -235,6 +236,13 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--writes-per-second", type=float, default=10)
+    ap.add_argument(
+        "--serve-option",
+        action="append",
+        default=[],
+        help="extra `simsearch serve` options, e.g. "
+        "--serve-option=--compact-seconds=600 (to see what folding the journal costs)",
+    )
     ap.add_argument("--work", type=Path, default=REPO / "build" / "bench-live")
     args = ap.parse_args()
     if args.work.exists():
@@ -252,7 +260,7 @@ def main() -> None:
     print(f"CPU flags: {' '.join(f for f in flags if f.startswith(('avx2', 'avx512', 'amx')))}; "
           f"load {Path('/proc/loadavg').read_text().split()[:3]}")  # fmt: skip
     port = free_port()
-    server = start_server(index, port)
+    server = start_server(index, port, args.serve_option)
     try:
         search_load(port, vectors, args.clients, 3)  # warm up
         quiet = search_load(port, vectors, args.clients, args.seconds)
@@ -290,7 +298,7 @@ def main() -> None:
         # kill -9 and restart: every acknowledged write is there
         server.send_signal(signal.SIGKILL)
         server.wait()
-        server = start_server(index, port)
+        server = start_server(index, port, args.serve_option)
         last: dict[str, dict] = {}
         for e in log:
             if e["status"] == 200:

@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from .config.embedding import DEFAULT_BACKBONE
-from .errors import BackboneError
+from .errors import BackboneError, IndexFormatError
 
 CHECKPOINT_CARD = "backbone.json"
 CHECKPOINT_WEIGHTS = ("model.safetensors", "model.pth")
@@ -406,3 +406,16 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
+
+
+def check_backbone(m: Any, bb: Backbone, where: str = "index") -> None:
+    """Refuse a backbone that would embed differently from the one an index was built with (``m``: its
+    manifest, or anything with ``backbone``, ``weights_sha256``, ``dim`` and ``preprocessing``)."""
+    if bb.weights_sha256 != m.weights_sha256 or bb.dim != m.dim:
+        raise IndexFormatError(
+            f"{where} was built with backbone '{m.backbone}' (weights {m.weights_sha256[:12]}, dim {m.dim}), "
+            f"not '{bb.name}' (weights {bb.weights_sha256[:12]}, dim {bb.dim}); "
+            "query it with the same backbone or build a new index"
+        )
+    if bb.preprocessing() != m.preprocessing:
+        raise IndexFormatError(f"{where}: preprocessing of backbone '{bb.name}' differs from the index's")

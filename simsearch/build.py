@@ -19,13 +19,13 @@ from typing import Any
 from . import autoindex
 from ._version import __version__
 from .augment_index import AugmentBase, augment_writer, load_base, needs_augmenting, requested_spec
-from .backbones import DEFAULT_BACKBONE, Backbone, create_backbone
+from .backbones import DEFAULT_BACKBONE, Backbone, check_backbone, create_backbone
 from .config.augment import AugmentSpec
 from .config.autoindex import INDEX_AUTO_KEY, AutoIndexRecord, AutoIndexSpec
 from .config.embedding import EmbeddingSettings
 from .config.index import INDEX, ITEM_POOLINGS
 from .embed import Embedder, embedder_for_index, recorded_settings
-from .errors import IndexFormatError, SimsearchError
+from .errors import SimsearchError
 from .sources import catalog_source, folder_source, merged_schema
 from .store import (
     DEFAULT_FACTORY,
@@ -46,25 +46,13 @@ log = logging.getLogger("simsearch")
 
 DEFAULT_INDEX_DIR = Path("indexes")
 
-__all__ = ["UpdateReport", "build_index", "check_backbone", "default_index_path", "run_build"]
+__all__ = ["UpdateReport", "build_index", "default_index_path", "run_build"]
 
 
 def default_index_path(roots: Sequence[str | Path]) -> Path:
     """``indexes/<name of the first folder or catalogue>``."""
     first = Path(roots[0]).expanduser().resolve()
     return DEFAULT_INDEX_DIR / ((first.stem if first.is_file() else first.name) or "index")
-
-
-def check_backbone(m: Manifest, bb: Backbone, where: str = "index") -> None:
-    """Refuse a backbone that would embed differently from the one the index was built with."""
-    if bb.weights_sha256 != m.weights_sha256 or bb.dim != m.dim:
-        raise IndexFormatError(
-            f"{where} was built with backbone '{m.backbone}' (weights {m.weights_sha256[:12]}, dim {m.dim}), "
-            f"not '{bb.name}' (weights {bb.weights_sha256[:12]}, dim {bb.dim}); "
-            "query it with the same backbone or build a new index"
-        )
-    if bb.preprocessing() != m.preprocessing:
-        raise IndexFormatError(f"{where}: preprocessing of backbone '{bb.name}' differs from the index's")
 
 
 def build_index(roots=None, out: str | Path | None = None, **kwargs) -> UpdateReport:

@@ -19,7 +19,7 @@ import numpy as np
 
 from .atomic import atomic_write_bytes
 from .attributes import check_attributes, check_text
-from .backbones import Backbone, create_backbone, l2_normalize
+from .backbones import Backbone, check_backbone, create_backbone, l2_normalize
 from .config.classify import CLASSIFY
 from .embed import Embedder, cached_embedder_for_index, embedder_for_index
 from .errors import SimsearchError
@@ -131,8 +131,6 @@ class Index:
 
     # -- backbone and embedding
     def set_backbone(self, backbone: Backbone | str) -> None:
-        from .build import check_backbone
-
         bb = create_backbone(backbone) if isinstance(backbone, str) else backbone
         check_backbone(self.manifest, bb, where=str(self.path))
         self._backbone, self._embedder = bb, None

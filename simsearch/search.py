@@ -28,6 +28,7 @@ from .errors import SimsearchError
 from .filters import compile_filter
 from .rules import NO_RULES, Rules, apply_rules
 from .search_augment import augmented_vectors, expand, merged, search_spec
+from .search_live import expand_live, rank_live
 from .store import Item, Snapshot
 from .store.live import LiveItem, LiveState
 
@@ -231,7 +232,7 @@ def _search_rows(
         if len(ranked) < k and fetch < n:  # fewer left than asked (rare): this row on its own, as _search would
             out.append(_search(index, rows[i : i + 1], k, skip, filter, rules))
             continue
-        live_ranked = _live_ranked(live, rows[i : i + 1], None, skip, limit=k)
+        live_ranked = rank_live(live, rows[i : i + 1], None, skip, limit=k)
         if live_ranked:
             ranked = sorted(ranked[:k] + live_ranked, key=lambda r: -r[1])
         out.append(_hits(snap, live, ranked[:k], rules.fields))
@@ -302,7 +303,7 @@ def _search(
         return _search_augmented(live, queries, k, skip, allowed, filter, rules, spec, item)
     want = k
     while True:
-        live_ranked = _live_ranked(live, queries, filter, skip, limit=want)
+        live_ranked = rank_live(live, queries, filter, skip, limit=want)
         merged_ranked, exhausted = _collect(snap, queries, want, allowed, base_skip, live_ranked, augmented=False)
         kept = apply_rules(snap, live, merged_ranked, rules, k)
         if len(kept) >= k or exhausted:
@@ -315,8 +316,8 @@ def _collect(snap: Snapshot, queries, want: int, allowed, skip: set[int], live_r
     """The best ``want`` stored items (raw or augmented vectors) merged with the live ones; and whether the
     stored ones ran out.
 
-    ``live_ranked`` holds the best ``want`` live items at most (as :func:`_live_ranked` gives them with ``limit``):
-    the merge keeps ``want`` entries, and says exhausted only when no candidate was left out."""
+    ``live_ranked`` holds the best ``want`` live items at most (as :func:`~simsearch.search_live.rank_live` gives
+    them with ``limit``): the merge keeps ``want`` entries, and says exhausted only when no candidate was left out."""
     faiss_index = snap.augmented if augmented else snap.faiss
     empty = faiss_index.ntotal == 0 or (allowed is not None and len(allowed) == 0)
     ranked = [] if empty else _ranked(snap, queries, want, allowed, skip, faiss_index)
@@ -342,8 +343,8 @@ def _search_augmented(live: LiveState, queries, k: int, skip: set[int], allowed,
         fetch = min(n, max(0 if item_query else int(spec.k), spec.guard + 1) + skipped)
         found = snap.faiss.search(np.ascontiguousarray(queries, dtype=np.float32), fetch)
     q_aug = augmented_vectors(snap, photos) if item_query else expand(snap, queries, spec, found)
-    live_aug = _live_expanded(live, spec)
-    live_raw = _live_ranked(live, queries, filter, skip, limit=spec.guard + 1)
+    live_aug = expand_live(live, spec)
+    live_raw = rank_live(live, queries, filter, skip, limit=spec.guard + 1)
     if found is not None:
         stored = _first_per_item(snap, found[0], found[1], None, base_skip)
         raw = (sorted(stored + live_raw, key=lambda r: -r[1]) if live_raw else stored)[: spec.guard + 1]
@@ -357,7 +358,7 @@ def _search_augmented(live: LiveState, queries, k: int, skip: set[int], allowed,
 
     want = k + spec.guard + 1
     while True:
-        live_ranked = _live_ranked(live, q_aug, filter, skip, matrix=live_aug, limit=want)
+        live_ranked = rank_live(live, q_aug, filter, skip, matrix=live_aug, limit=want)
         ranked, exhausted = _collect(snap, q_aug, want, allowed, base_skip, live_ranked, augmented=True)
         order = merged(raw, ranked, spec, item_query=item_query, raw_score_of=raw_score)
         kept = apply_rules(snap, live, order, rules, k)
@@ -365,62 +366,6 @@ def _search_augmented(live: LiveState, queries, k: int, skip: set[int], allowed,
             break
         want *= 2
     return _hits(snap, live, kept[:k], rules.fields)
-
-
-def _live_expanded(live: LiveState, spec) -> np.ndarray | None:
-    """The live photos' vectors expanded over the snapshot's augmented vectors, in the matrix's row order.
-
-    Computed once per live item (kept with it: it depends on its vectors and the snapshot only) and stacked once
-    per live state, so a search does not redo work that grows with the live segment."""
-    if live.matrix is None:
-        return None
-    key = ("expanded", spec)
-    stacked = live.derived.get(key)
-    if stacked is None:
-        items = list(live.items.values())
-        todo = [it for it in items if key not in it.derived]
-        if todo:  # one batched expansion for the items not seen yet
-            fresh = expand(live.snapshot, np.vstack([it.vectors for it in todo]).astype(np.float32), spec)
-            start = 0
-            for it in todo:
-                it.derived[key] = fresh[start : start + len(it.vectors)]
-                start += len(it.vectors)
-        stacked = live.derived[key] = np.vstack([it.derived[key] for it in items]).astype(np.float32)
-    return stacked
-
-
-def _live_ranked(
-    live: LiveState,
-    queries: np.ndarray,
-    filter,
-    skip: set[int],
-    matrix: np.ndarray | None = None,
-    *,
-    limit: int | None = None,
-) -> list[tuple[int, float, int]]:
-    """The live segment's items by their best photo (exact: it is small), the best ``limit`` of them; ``matrix``:
-    other vectors of its photos (expanded ones, to compare with augmented queries)."""
-    if live.matrix is None or live.table is None:
-        return []
-    scores = (queries @ (live.matrix if matrix is None else matrix).T).max(axis=0)
-    ids, table = live.table
-    ok = np.ones(len(ids), bool)
-    attr_filter = {k: v for k, v in filter.items() if k != "path_prefix"} if isinstance(filter, dict) else filter
-    if isinstance(filter, dict) and filter.get("path_prefix"):
-        ok[:] = False  # live items' photos are not under the index's roots
-    elif attr_filter:
-        ok &= compile_filter(attr_filter, live.schema).mask(table)
-    allowed = ids[ok]
-    if skip:
-        allowed = allowed[~np.isin(allowed, np.fromiter(skip, np.int64))]
-    if live.owners is None or live.photo_ids is None or len(allowed) == 0:
-        return []
-    keep = np.isin(live.owners, allowed)
-    s, owners, photos = scores[keep], live.owners[keep], live.photo_ids[keep]
-    order = np.lexsort((-s, owners))  # by item, best photo first
-    first = order[np.r_[True, owners[order][1:] != owners[order][:-1]]]
-    best = first[np.argsort(-s[first], kind="stable")][:limit]
-    return [(int(owners[i]), float(s[i]), int(photos[i])) for i in best]
 
 
 def _ranked(

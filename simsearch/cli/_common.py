@@ -89,7 +89,8 @@ COMMANDS = {
     "finetune": "finetune",
     **dict.fromkeys(["index", "info", "verify", "backbones", "rebuild"], "indexing"),
     **dict.fromkeys(["add", "update", "remove", "compact"], "live"),
-    **dict.fromkeys(["query", "recommend", "evaluate"], "querying"),
+    **dict.fromkeys(["query", "recommend"], "querying"),
+    "evaluate": "evaluating",
     **dict.fromkeys(["duplicates", "export", "neighbors"], "scale"),
     "serve": "serving",
 }

@@ -9,6 +9,9 @@ import logging
 
 import click
 
+from ..audit import audit
+from ..classify_eval import evaluate_classification
+from ..classify_report import write_audit_gallery, write_classification_report
 from ..config.classify import CLASSIFY
 from ..errors import SimsearchError
 from ..index import open_index
@@ -77,8 +80,6 @@ def audit_cmd(index_path, k, field, min_confidence, exclude_label, limit, html_o
     """
     if limit < 1:
         raise SimsearchError(f"--limit must be at least 1, not {limit}")
-    from ..audit import audit
-    from ..classify_report import write_audit_gallery
 
     with open_index(index_path) as idx:
         suspects = audit(idx, k, field=field, min_confidence=min_confidence, exclude_labels=exclude_label)
@@ -99,7 +100,7 @@ def audit_cmd(index_path, k, field, min_confidence, exclude_label, limit, html_o
 
 # ------------------------------------------------------------------------------ evaluate --classify
 
-# The options `evaluate` takes for --classify (see querying.evaluate_cmd), with their defaults.
+# The options `evaluate` takes for --classify (see evaluating.evaluate_cmd), with their defaults.
 EVALUATE_DEFAULTS = {"k": CLASSIFY.k, "field": CLASSIFY.field, "queries": None,
                      "min_confidence": CLASSIFY.min_confidence, "report": None}  # fmt: skip
 
@@ -143,8 +144,6 @@ def check_retrieval_options(**given) -> None:
 
 def evaluate_classify(index_path, labels_csv, exclude_label, classes, k, field, queries, min_confidence, report):
     """``evaluate --classify``: ``(data, text)`` for :func:`command`."""
-    from ..classify_eval import evaluate_classification
-    from ..classify_report import write_classification_report
 
     with open_index(index_path) as idx:
         ev = evaluate_classification(
