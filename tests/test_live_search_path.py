@@ -16,6 +16,7 @@ import simsearch.index
 from simsearch.compact import compact_index, truncate_journal
 
 search_module = importlib.import_module("simsearch.search")  # (simsearch.search is also a function)
+search_live = importlib.import_module("simsearch.search_live")
 
 
 def _unit(rgb):
@@ -82,7 +83,8 @@ def test_live_items_are_expanded_once_not_on_every_search(make_color_index, monk
         expanded.append(len(vectors))
         return real(snap, vectors, spec, found)
 
-    monkeypatch.setattr(search_module, "expand", counting)
+    monkeypatch.setattr(search_module, "expand", counting)  # queries
+    monkeypatch.setattr(search_live, "expand", counting)  # the live segment
     photo = idx.item(idx.id_for_key("red/r1.png")).photos[0].abspath
     for n, rgb in enumerate([(0, 128, 128), (128, 0, 128), (128, 128, 0)]):
         idx.put(f"live-{n}", [photo], {"label": "live"}, vectors=[_unit(rgb)])
