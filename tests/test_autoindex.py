@@ -12,7 +12,7 @@ from fakevectors import VectorEmbedder, vector_for, write_files
 
 import simsearch
 import simsearch.store
-from simsearch import autoindex, rebuild
+from simsearch import autocandidates, autoindex, rebuild
 from simsearch.backbones import l2_normalize
 from simsearch.cli import main
 from simsearch.config.autoindex import AutoIndexRecord, AutoIndexSpec, parse_size
@@ -162,7 +162,7 @@ def exhaustive(idx) -> None:
 
 @pytest.fixture
 def small_threshold(monkeypatch):
-    monkeypatch.setattr(autoindex, "FLAT_BELOW", 1000)
+    monkeypatch.setattr(autocandidates, "FLAT_BELOW", 1000)
 
 
 def test_small_collection_stays_exact_flat(tmp_path, tiny_backbone):
