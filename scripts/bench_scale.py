@@ -198,6 +198,7 @@ def main() -> None:
     ap.add_argument("--flat-below", type=int, help="Exact search below this many vectors [default: 100k].")
     ap.add_argument("--lean-bytes", type=int, default=128, help="Memory-lean budget in bytes per vector.")
     ap.add_argument("--no-default-budget", action="store_true", help="Only the memory-lean rows.")
+    ap.add_argument("--skip-flat", action="store_true", help="No exact-search row.")
     ap.add_argument("--target-recall", type=float, default=0.95)
     ap.add_argument("--neighbors-k", type=int, default=50)
     ap.add_argument("--neighbors-items", type=int, help="Items to compute neighbours for [default: all].")
@@ -256,8 +257,9 @@ def main() -> None:
                     "pca_share": synthetic.pca_shares(xb), "rows": []}  # fmt: skip
             print(f"{gen} at {n:,}: PCA variance share {size['pca_share']}, median top-1/top-10 cosine of the "
                   f"queries {size['nn_similarity_median']} (real set: {real['nn_similarity_median']})", flush=True)  # fmt: skip
-            size["rows"].append(flat_row(xb, ids, xq, t_exact, work, n, dim, qfile, gtfile, args))
-            print(json.dumps(size["rows"][-1]), flush=True)
+            if not args.skip_flat:
+                size["rows"].append(flat_row(xb, ids, xq, t_exact, work, n, dim, qfile, gtfile, args))
+                print(json.dumps(size["rows"][-1]), flush=True)
             budgets = [] if args.no_default_budget else [("auto", None)]
             budgets.append((f"auto, memory-lean {args.lean_bytes} B/vector", args.lean_bytes * n))
             for name, budget in budgets:
