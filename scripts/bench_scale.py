@@ -1,20 +1,24 @@
 #!/usr/bin/env python3
 """Scale benchmark: flat exact search vs `--index auto` at 100k and 1M vectors (see docs/scale.md).
 
-Vectors: the real embeddings of ../shared/data/caltech101 (default backbone), expanded by a seeded generator that
-keeps their structure — each synthetic vector is a random convex mixture (Dirichlet(1) weights) of ``--mix``
-embeddings of the same class (class chosen in proportion to the class sizes), re-normalised, plus isotropic
-Gaussian noise of norm ``--noise``, re-normalised again. The real embeddings are the first rows. Queries are 1,000
-fresh vectors from the same generator (another seed), not in the index. THE VECTORS ARE SYNTHETIC.
+Vectors: the real embeddings of ../shared/data/caltech101 (default backbone) are the first rows; the rest are
+synthetic (``simsearch/synthetic.py``), from one of two seeded generators (``--generator``, default both):
+``realistic`` (fitted to the real vectors: a real vector plus Gaussian noise along each PCA direction at
+``--factor`` × that direction's std, re-normalised) and ``mixture`` (the first generator: a Dirichlet mixture of
+``--mix`` same-class embeddings plus isotropic noise of norm ``--noise``). Each generator's PCA spectrum and median
+top-1/top-10 neighbour cosine are printed beside the real set's. Queries are 1,000 fresh vectors from the same
+generator (another seed), not in the index. THE VECTORS ARE SYNTHETIC.
 
-For each size it reports, for flat exact search and for the auto choice (default memory budget) and the
-memory-lean auto choice (``--lean-bytes`` per vector): build time, bytes/vector (index file size / n), recall@10
+For each generator and size it reports, for flat exact search and, for each ``--chooser`` (``fixed``: the rule of
+commit fe4a9e6, the baseline; ``measured``: every candidate family tried), the auto choice (default memory budget)
+and the memory-lean auto choice (``--lean-bytes`` per vector): build time, bytes/vector (index file size / n), recall@10
 against exact search, batched QPS (all queries at once), single-query p50/p99, and the RSS of a fresh query process
 that loads the index file. Exact ground truth is computed for the queries only. With 1M in ``--sizes`` it also
 times the neighbours table (``simsearch neighbors``) on the 1M auto index.
 
     .venv/bin/python scripts/bench_scale.py --sizes 100k          # quick
     .venv/bin/python scripts/bench_scale.py --sizes 100k,1M --from-index indexes/caltech101
+    .venv/bin/python scripts/bench_scale.py --sizes 100k --generator realistic --chooser fixed,measured
 
 Embeddings are cached under ``--cache-dir`` (default ~/.cache/simsearch/bench), never in the repository.
 """
@@ -79,30 +83,18 @@ def base_embeddings(args) -> tuple[np.ndarray, np.ndarray]:
     return vectors, lab
 
 
-def expand(base: np.ndarray, labels: np.ndarray, n: int, *, seed: int, mix: int, noise: float, keep_real: bool):
-    """``n`` synthetic unit vectors with the structure of ``base`` (see the module docstring)."""
-    rng = np.random.default_rng(seed)
-    classes, inv = np.unique(labels, return_inverse=True)
-    members = [np.flatnonzero(inv == c) for c in range(len(classes))]
-    p = np.array([len(m) for m in members], float)
-    p /= p.sum()
-    d = base.shape[1]
-    out = np.empty((n, d), np.float32)
-    start = 0
-    if keep_real:
-        start = min(n, len(base))
-        out[:start] = base[:start]
-    for s in range(start, n, 50_000):
-        m = min(50_000, n - s)
-        cls = rng.choice(len(classes), size=m, p=p)
-        pick = np.stack([members[c][rng.integers(0, len(members[c]), mix)] for c in cls])
-        w = rng.dirichlet(np.ones(mix), size=m).astype(np.float32)
-        v = np.einsum("nk,nkd->nd", w, base[pick])
-        v /= np.linalg.norm(v, axis=1, keepdims=True)
-        v += (noise / np.sqrt(d)) * rng.standard_normal((m, d), dtype=np.float32)
-        v /= np.linalg.norm(v, axis=1, keepdims=True)
-        out[s : s + m] = v
-    return out
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line for line in f if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile")
+    return " ".join(f for f in wanted if f in flags)
 
 
 # ------------------------------------------------------------------------------ measuring
@@ -192,10 +184,21 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--single", type=int, default=1000, help="Single-query latency samples (ANN).")
     ap.add_argument("--flat-single", type=int, default=50, help="Single-query latency samples for flat at >= 1M.")
+    ap.add_argument("--generator", default="realistic,mixture", help="Comma-separated: realistic, mixture.")
+    ap.add_argument(
+        "--factor", type=float, default=None, help="Realistic generator: noise × PCA std [default: fitted]."
+    )
     ap.add_argument("--mix", type=int, default=3)
     ap.add_argument("--noise", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--chooser", default="fixed,measured", help="`auto` choosers to compare: fixed (fe4a9e6), measured."
+    )
+    ap.add_argument("--trial-size", type=int, help="Vectors each candidate is tried on [default: AutoIndexSpec's].")
+    ap.add_argument("--flat-below", type=int, help="Exact search below this many vectors [default: 100k].")
     ap.add_argument("--lean-bytes", type=int, default=128, help="Memory-lean budget in bytes per vector.")
+    ap.add_argument("--no-default-budget", action="store_true", help="Only the memory-lean rows.")
+    ap.add_argument("--skip-flat", action="store_true", help="No exact-search row.")
     ap.add_argument("--target-recall", type=float, default=0.95)
     ap.add_argument("--neighbors-k", type=int, default=50)
     ap.add_argument("--neighbors-items", type=int, help="Items to compute neighbours for [default: all].")
@@ -204,87 +207,126 @@ def main() -> None:
 
     import faiss
 
-    from simsearch import autoindex
+    from simsearch import autoindex, synthetic
     from simsearch.config.autoindex import AutoIndexSpec
 
     base, labels = base_embeddings(args)
     dim = base.shape[1]
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-", dir=Path(args.cache_dir).expanduser()))
     work.mkdir(parents=True, exist_ok=True)
+    fitted = synthetic.PcaNoise.fit(base, args.factor or synthetic.REALISTIC_FACTOR)
+    real = {"pca_share": synthetic.pca_shares(base),
+            "nn_similarity_median": dict(zip(("top1", "top10"), map(lambda v: round(v, 4),
+                                         synthetic.neighbour_similarity(base, base, exclude_self=True)), strict=True))}  # fmt: skip
     results = {
-        "machine": {"cpus": _cpu_count(), "faiss": faiss.__version__, "python": platform.python_version()},
+        "machine": {"cpus": _cpu_count(), "cpu_flags": cpu_flags(), "faiss": faiss.__version__,
+                    "python": platform.python_version(), "load_average_start": load_average()},
         "data": {"real": len(base), "classes": len(set(labels.tolist())), "dim": dim, "mix": args.mix,
-                 "noise": args.noise, "seed": args.seed, "synthetic": True},
+                 "noise": args.noise, "factor": fitted.factor, "seed": args.seed, "synthetic": True, "real_set": real},
         "sizes": [],
     }  # fmt: skip
     print(f"base: {len(base)} real embeddings, {results['data']['classes']} classes, dim {dim}", flush=True)
-    xq = expand(base, labels, args.queries, seed=args.seed + 1_000_003, mix=args.mix, noise=args.noise, keep_real=False)
-    for n in [parse_n(s) for s in args.sizes.split(",")]:
-        t0 = time.perf_counter()
-        xb = expand(base, labels, n, seed=args.seed, mix=args.mix, noise=args.noise, keep_real=True)
-        ids = np.arange(n, dtype=np.int64)
-        print(f"\n== {n:,} vectors (generated in {time.perf_counter() - t0:.1f} s)", flush=True)
-        t0 = time.perf_counter()
-        gt_d, gt = autoindex.exact_neighbors(xq, xb, 10)
-        t_exact = time.perf_counter() - t0
-        qfile, gtfile = str(work / f"q-{n}.npy"), str(work / f"gt-{n}.npy")
-        np.save(qfile, xq)
-        np.save(gtfile, gt)
-        size = {"n": n, "nn_similarity_median": {"top1": round(float(np.median(gt_d[:, 0])), 4),
-                                                  "top10": round(float(np.median(gt_d[:, 9])), 4)}, "rows": []}  # fmt: skip
-        # flat, exact: the baseline
-        row = {"index": "IDMap2,Flat (exact)", "recall@10": 1.0, "bytes_per_vector": 4 * dim + 8}
-        if n <= 200_000:
-            t0 = time.perf_counter()
-            flat, _ = __import__("simsearch.index", fromlist=["x"]).new_faiss_index(dim, "Flat")
-            flat.add_with_ids(xb, ids)
-            row["build_s"] = round(time.perf_counter() - t0, 2)
-            f = str(work / f"flat-{n}.faiss")
-            faiss.write_index(flat, f)
-            row["bytes_per_vector"] = round(os.path.getsize(f) / n, 1)
-            del flat
-            row.update(run_query_process(f, qfile, gtfile, args.single, False))
-            os.unlink(f)
-        else:  # 5 GB of floats: measured in this process on the generated matrix (the same kernel as IndexFlatIP)
-            row["build_s"] = None
-            row["batched_qps"] = round(len(xq) / t_exact, 1)
-            lat = []
-            for i in range(args.flat_single):
-                t = time.perf_counter()
-                autoindex.exact_neighbors(xq[i : i + 1], xb, 10, chunk=n)
-                lat.append((time.perf_counter() - t) * 1000)
-            row.update({"p50_ms": round(float(np.percentile(lat, 50)), 1),
-                        "p99_ms": round(float(np.percentile(lat, 99)), 1), "rss_mb": round(rss_mb(), 1),
-                        "note": f"in-process; latency over {args.flat_single} queries"})  # fmt: skip
-        print(json.dumps(row), flush=True)
-        size["rows"].append(row)
+    print(f"real set: PCA variance share {real['pca_share']}, median top-1/top-10 cosine (leave-one-out) "
+          f"{real['nn_similarity_median']}; CPU {cpu_flags()}; load {load_average()}", flush=True)  # fmt: skip
 
-        for name, budget in (("auto", None), (f"auto, memory-lean {args.lean_bytes} B/vector", args.lean_bytes * n)):
+    def generate(gen: str, n: int, seed: int, keep_real: bool) -> np.ndarray:
+        if gen == "realistic":
+            return fitted.sample(n, seed=seed, keep_real=keep_real)
+        return synthetic.mixture_vectors(
+            base, labels, n, seed=seed, mix=args.mix, noise=args.noise, keep_real=keep_real
+        )
+
+    trial = {"trial_size": args.trial_size} if args.trial_size else {}
+    choosers = [c.strip() for c in args.chooser.split(",") if c.strip()]
+    for gen in [g.strip() for g in args.generator.split(",") if g.strip()]:
+        xq = generate(gen, args.queries, args.seed + 1_000_003, False)
+        for n in [parse_n(s) for s in args.sizes.split(",")]:
             t0 = time.perf_counter()
-            index, record = autoindex.build(
-                xb, ids, "auto", AutoIndexSpec(memory_budget=budget, target_recall=args.target_recall)
-            )
-            factory, rec = record.choice, record.to_dict()
-            build_s = time.perf_counter() - t0
-            f = str(work / f"auto-{n}-{budget or 0}.faiss")
-            faiss.write_index(index, f)
-            row = {"index": f"{name}: {factory}", "params": rec["params"], "tuned_recall@10": rec["recall_at_10"],
-                   "build_s": round(build_s, 1), "train_s": rec["train_seconds"], "add_s": rec["add_seconds"],
-                   "tune_s": rec["tune_seconds"], "bytes_per_vector": round(os.path.getsize(f) / n, 1)}  # fmt: skip
-            row.update(run_query_process(f, qfile, gtfile, args.single, False))
-            row["mmap_load_s"] = run_query_process(f, qfile, gtfile, 10, True)["load_s"]
-            print(json.dumps(row), flush=True)
-            size["rows"].append(row)
-            if budget is None and n >= 1_000_000 and args.neighbors_k:
-                size["neighbors"] = neighbors_bench(work, index, ids, dim, args)
-                print(json.dumps(size["neighbors"]), flush=True)
-            del index
-            os.unlink(f)
-        results["sizes"].append(size)
-        del xb
+            xb = generate(gen, n, args.seed, True)
+            ids = np.arange(n, dtype=np.int64)
+            print(f"\n== {gen}: {n:,} vectors (generated in {time.perf_counter() - t0:.1f} s)", flush=True)
+            t0 = time.perf_counter()
+            gt_d, gt = autoindex.exact_neighbors(xq, xb, 10)
+            t_exact = time.perf_counter() - t0
+            qfile, gtfile = str(work / f"q-{gen}-{n}.npy"), str(work / f"gt-{gen}-{n}.npy")
+            np.save(qfile, xq)
+            np.save(gtfile, gt)
+            size = {"generator": gen, "n": n, "load_average_start": load_average(),
+                    "nn_similarity_median": {"top1": round(float(np.median(gt_d[:, 0])), 4),
+                                             "top10": round(float(np.median(gt_d[:, 9])), 4)},
+                    "pca_share": synthetic.pca_shares(xb), "rows": []}  # fmt: skip
+            print(f"{gen} at {n:,}: PCA variance share {size['pca_share']}, median top-1/top-10 cosine of the "
+                  f"queries {size['nn_similarity_median']} (real set: {real['nn_similarity_median']})", flush=True)  # fmt: skip
+            if not args.skip_flat:
+                size["rows"].append(flat_row(xb, ids, xq, t_exact, work, n, dim, qfile, gtfile, args))
+                print(json.dumps(size["rows"][-1]), flush=True)
+            budgets = [] if args.no_default_budget else [("auto", None)]
+            budgets.append((f"auto, memory-lean {args.lean_bytes} B/vector", args.lean_bytes * n))
+            for name, budget in budgets:
+                for chooser in choosers:
+                    spec = AutoIndexSpec(memory_budget=budget, target_recall=args.target_recall, chooser=chooser,
+                                         flat_below=args.flat_below, **trial)  # fmt: skip
+                    t0 = time.perf_counter()
+                    index, record = autoindex.build(xb, ids, "auto", spec)
+                    factory, rec = record.choice, record.to_dict()
+                    build_s = time.perf_counter() - t0
+                    f = str(work / f"auto-{n}-{budget or 0}.faiss")
+                    faiss.write_index(index, f)
+                    row = {"index": f"{name} [{chooser}]: {factory}", "chooser": chooser, "lean": budget is not None,
+                           "params": rec["params"], "tuned_recall@10": rec["recall_at_10"],
+                           "build_s": round(build_s, 1), "train_s": rec["train_seconds"], "add_s": rec["add_seconds"],
+                           "tune_s": rec["tune_seconds"], "bytes_per_vector": round(os.path.getsize(f) / n, 1),
+                           "reason": rec.get("reason"), "load_average": load_average()}  # fmt: skip
+                    row.update(run_query_process(f, qfile, gtfile, args.single, False))
+                    row["mmap_load_s"] = run_query_process(f, qfile, gtfile, 10, True)["load_s"]
+                    print(json.dumps(row), flush=True)
+                    size["rows"].append(row)
+                    if budget is None and chooser == choosers[-1] and n >= 1_000_000 and args.neighbors_k:
+                        size["neighbors"] = neighbors_bench(work, index, ids, dim, args)
+                        print(json.dumps(size["neighbors"]), flush=True)
+                    del index
+                    os.unlink(f)
+            results["sizes"].append(size)
+            del xb
+            if args.out:  # after every size: a long run keeps what it measured
+                Path(args.out).write_text(json.dumps(results, indent=2))
+    results["machine"]["load_average_end"] = load_average()
     print("\n" + table(results))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+def flat_row(xb, ids, xq, t_exact, work, n, dim, qfile, gtfile, args) -> dict:
+    """Exact search, the baseline: a fresh query process up to 200k vectors, in-process above."""
+    import faiss
+
+    from simsearch import autoindex
+    from simsearch.store import new_faiss_index
+
+    row = {"index": "IDMap2,Flat (exact)", "recall@10": 1.0, "bytes_per_vector": 4 * dim + 8}
+    if n <= 200_000:
+        t0 = time.perf_counter()
+        flat, _ = new_faiss_index(dim, "Flat")
+        flat.add_with_ids(xb, ids)
+        row["build_s"] = round(time.perf_counter() - t0, 2)
+        f = str(work / f"flat-{n}.faiss")
+        faiss.write_index(flat, f)
+        row["bytes_per_vector"] = round(os.path.getsize(f) / n, 1)
+        del flat
+        row.update(run_query_process(f, qfile, gtfile, min(args.single, 200), False))
+        os.unlink(f)
+        return row
+    row["build_s"] = None  # 5 GB of floats: measured in this process (the same kernel as IndexFlatIP)
+    row["batched_qps"] = round(len(xq) / t_exact, 1)
+    lat = []
+    for i in range(args.flat_single):
+        t = time.perf_counter()
+        autoindex.exact_neighbors(xq[i : i + 1], xb, 10, chunk=n)
+        lat.append((time.perf_counter() - t) * 1000)
+    row.update({"p50_ms": round(float(np.percentile(lat, 50)), 1),
+                "p99_ms": round(float(np.percentile(lat, 99)), 1), "rss_mb": round(rss_mb(), 1),
+                "note": f"in-process; latency over {args.flat_single} queries"})  # fmt: skip
+    return row
 
 
 def neighbors_bench(work: Path, index, ids: np.ndarray, dim: int, args) -> dict:
@@ -306,13 +348,17 @@ def neighbors_bench(work: Path, index, ids: np.ndarray, dim: int, args) -> dict:
 
 
 def table(results: dict) -> str:
-    lines = ["| n | index | build s | bytes/vector | recall@10 | batched QPS | p50 ms | p99 ms | query RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    """Markdown rows; ``× fixed``: batched QPS over the fixed chooser's in the same run (same budget)."""
+    lines = ["| generator | n | index | build s | bytes/vector | recall@10 | batched QPS | × fixed | p50 ms | p99 ms | "
+             "query RSS MB | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for size in results["sizes"]:
+        base = {r.get("lean"): r["batched_qps"] for r in size["rows"] if r.get("chooser") == "fixed"}
         for r in size["rows"]:
+            ratio = f"{r['batched_qps'] / base[r.get('lean')]:.2f}" if r.get("lean") in base else "–"
             lines.append(
-                f"| {size['n']:,} | {r['index']} | {r.get('build_s') or '–'} | {r['bytes_per_vector']} | "
-                f"{r['recall@10']} | {r['batched_qps']} | {r['p50_ms']} | {r['p99_ms']} | {r.get('rss_mb') or '–'} |"
+                f"| {size['generator']} | {size['n']:,} | {r['index']} {r.get('params') or ''} | "
+                f"{r.get('build_s') or '–'} | {r['bytes_per_vector']} | {r['recall@10']} | {r['batched_qps']} | "
+                f"{ratio} | {r['p50_ms']} | {r['p99_ms']} | {r.get('rss_mb') or '–'} | {r.get('load_average', '')} |"
             )
     return "\n".join(lines)
 

@@ -1,13 +1,12 @@
 """Automatic FAISS index choice and tuning (``--index auto``), in the spirit of autofaiss: pure functions over
 FAISS indexes and the typed settings of :mod:`simsearch.config.autoindex` (no files, no manifest).
 
-The choice (:func:`plan`) depends on the number of vectors ``n``, their dimension and a memory budget:
-
-* ``n`` below :data:`FLAT_BELOW` (100k) and the vectors fit: exact search, ``Flat`` (the small-collection default);
-* the float vectors fit in the budget: ``IVF{nlist},PQ{m},RFlat`` — an inverted file over product-quantised codes
-  finds candidates fast, and the exact vectors kept beside them re-rank the candidates (exact scores);
-* memory-lean, when they do not fit: ``IVF{nlist},PQ{m}`` with ``m``-byte codes, ``m`` as large as the budget
-  allows; recall is then limited by the code size (measured and recorded, with a warning below the target).
+The candidates (:mod:`simsearch.autocandidates`) depend on the number of vectors ``n``, their dimension and a
+memory budget: exact ``Flat`` below 100k vectors; IVF with 8-bit or 4-bit fast-scan PQ candidates (optionally
+in PCA-reduced space) re-ranked exactly, or an HNSW graph (only when asked for), when the floats fit; PQ codes
+only (memory-lean) when they do not. The ``fixed`` chooser (default) is the single rule of commit fe4a9e6
+(:func:`plan`); the ``measured`` chooser (opt-in) builds and tunes each candidate on a sample and keeps the fastest
+at the target recall.
 
 :func:`build` trains on a random sample, adds, then :func:`tune` picks the search parameters (``nprobe``,
 ``k_factor``, ``efSearch``, set through ``faiss.ParameterSpace``) that reach the target recall@10 against exact
@@ -23,15 +22,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .autocandidates import MIN_TRAIN, Plan, candidates, fixed_plan, flat_below, nlist_for
 from .config.autoindex import (
     AUTO_INDEX,
+    RECALL_TIE,
     AutoIndexRecord,
     AutoIndexSpec,
     format_size,
@@ -53,7 +53,6 @@ from .faissops import (
 )
 from .progress import progress_bar
 from .store import new_faiss_index
-from .system import physical_memory
 
 log = logging.getLogger("simsearch")
 
@@ -74,102 +73,26 @@ __all__ = [  # the FAISS helpers are re-exported: callers know them as autoindex
 ]
 
 AUTO = AUTO_INDEX
-FLAT_BELOW = 100_000  # exact search below this many vectors (AutoIndexSpec.flat_below None)
 RECALL_K = 10
 REBUILD_GROWTH = 4.0  # `simsearch rebuild` is advised once the index holds this many times what it was trained on
-ID_BYTES = 24  # per vector in an IDMap2 over an IVF: the id map, the IVF's own id and its direct map (8 bytes each)
-MIN_TRAIN = 10_000  # enough for 256-centroid PQ sub-quantisers
-FALLBACK_BUDGET = 8 * 10**9  # where the physical memory is unknown
 
 
 # ------------------------------------------------------------------------------ choosing
 
 
-def default_memory_budget() -> int:
-    """Half of this machine's physical memory."""
-    mem = physical_memory()
-    return mem // 2 if mem else FALLBACK_BUDGET
-
-
-def _flat_below(spec: AutoIndexSpec) -> int:
-    return FLAT_BELOW if spec.flat_below is None else spec.flat_below  # read at call time (tests lower it)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A chosen index: its factory string (without the IDMap2 prefix), why, and its estimated size."""
-
-    factory: str
-    family: str  # flat | ivf-pq-refine | ivf-pq
-    reason: str
-    bytes_per_vector: float
-    nlist: int | None = None
-    train_size: int | None = None
-
-
-def nlist_for(n: int) -> int:
-    """Inverted lists: a power of two near sqrt(n), with at least 64 training points per list."""
-    if n < 64 * 16:
-        return max(1, n // 64)
-    nlist = 2 ** round(math.log2(math.sqrt(n)))
-    while nlist > 16 and n < 64 * nlist:
-        nlist //= 2
-    return int(min(nlist, 65536))
-
-
-def _pq_sizes(dim: int) -> list[int]:
-    """Numbers of PQ sub-quantisers usable for ``dim`` (``m`` divides the dimension), small to large."""
-    return [m for m in (4, 8, 12, 16, 20, 24, 32, 40, 48, 56, 64, 80, 96, 128, 160, 192, 256) if dim % m == 0]
-
-
 def plan(n: int, dim: int, spec: AutoIndexSpec | None = None) -> Plan:
-    """The index for ``n`` vectors of ``dim`` floats that fits the spec's memory budget (default: half the RAM)."""
-    spec = spec or AutoIndexSpec()
-    budget = spec.memory_budget or default_memory_budget()
-    flat_below = _flat_below(spec)
-    n = max(int(n), 1)
-    flat_bpv = 4 * dim + 8
-    if n < flat_below and flat_bpv * n <= budget:
-        return Plan("Flat", "flat", f"{n:,} vectors (< {flat_below:,}): exact search", flat_bpv)
-    nlist = nlist_for(n)
-    if nlist < 4:
-        if flat_bpv * n <= budget:
-            return Plan("Flat", "flat", f"too few vectors ({n:,}) for an inverted file: exact search", flat_bpv)
-        raise SimsearchError(
-            f"{n:,} vectors are too few to train a compressed index, and exact search needs "
-            f"{format_size(flat_bpv * n)}: raise --memory-budget"
-        )
-    train = int(min(n, max(MIN_TRAIN, 64 * nlist)))
-    fixed = 4 * dim * nlist + 256 * 4 * dim  # coarse centroids + PQ codebooks
-    per_vector = (budget - fixed) / n
-    pq = _pq_sizes(dim)
-    m_fast = next((m for m in pq if dim // m <= 16 and m >= 8), pq[-1] if pq else None)
-    if m_fast is not None and per_vector >= 4 * dim + m_fast + ID_BYTES:
-        return Plan(
-            f"IVF{nlist},PQ{m_fast},RFlat",
-            "ivf-pq-refine",
-            f"{n:,} vectors; the float vectors fit in {format_size(budget)}: IVF-PQ candidates re-ranked exactly",
-            4 * dim + m_fast + ID_BYTES,
-            nlist,
-            train,
-        )
-    # memory-lean: PQ codes only, as many bytes as the budget allows (no exact re-ranking)
-    room = per_vector - ID_BYTES
-    lean = [m for m in pq if m <= room and dim // m >= 2]
-    if not lean:
-        raise SimsearchError(
-            f"a memory budget of {format_size(budget)} is too small for {n:,} vectors "
-            f"(at least {format_size(n * (8 + ID_BYTES) + fixed)} is needed): raise --memory-budget"
-        )
-    m = max(lean)
-    return Plan(
-        f"IVF{nlist},PQ{m}",
-        "ivf-pq",
-        f"{n:,} vectors must fit in {format_size(budget)} ({per_vector:.0f} B/vector): IVF-PQ with {m}-byte codes",
-        m + ID_BYTES,
-        nlist,
-        train,
-    )
+    """The index the fixed rule picks for ``n`` vectors (the first candidate of the measured chooser)."""
+    return fixed_plan(n, dim, spec)
+
+
+def _pick(results: list[dict[str, Any]], target: float) -> dict[str, Any]:
+    """The cheapest result (``ms``) whose ``recall`` reaches ``target``; when none does, the cheapest of those
+    within :data:`RECALL_TIE` of the best recall (a setting that costs more for the same recall is not kept)."""
+    ok = [r for r in results if r["recall"] >= target]
+    if ok:
+        return min(ok, key=lambda r: r["ms"])
+    best = max(r["recall"] for r in results)
+    return min((r for r in results if r["recall"] >= best - RECALL_TIE), key=lambda r: (r["ms"], -r["recall"]))
 
 
 # ------------------------------------------------------------------------------ tuning
@@ -220,7 +143,7 @@ def _grid(index: Any) -> list[list[dict[str, float]]]:
             return [[{"nprobe": v, "k_factor": kf} for v in probes] for kf in (2, 4, 8, 16, 32)]
         return [[{"nprobe": v} for v in probes]]
     if find_stage(index, faiss.IndexHNSW) is not None:
-        return [[{"efSearch": v} for v in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)]]
+        return [[{"efSearch": v} for v in (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)]]
     return []
 
 
@@ -276,39 +199,38 @@ def tune(
             best_here = max(best_here, r)
             if stale >= 2:
                 break
-    ok = [t for t in tried if t["recall"] >= spec.target_recall]
-    best = min(ok, key=lambda t: t["ms"]) if ok else max(tried, key=lambda t: (t["recall"], -t["ms"]))
+    best = _pick(tried, spec.target_recall)
     params = {key: v for key, v in best.items() if key not in ("recall", "ms")}
     set_search_params(index, params)
-    return Tuning(params, best["recall"], best["ms"], len(xq), bool(ok), tried)
+    return Tuning(params, best["recall"], best["ms"], len(xq), best["recall"] >= spec.target_recall, tried)
 
 
 # ------------------------------------------------------------------------------ building
 
 
-def build(
-    xb: np.ndarray,
-    ids: np.ndarray,
-    factory: str = AUTO,
-    spec: AutoIndexSpec | None = None,
-    *,
-    progress: bool = False,
-    add_chunk: int = 65536,
-) -> tuple[Any, AutoIndexRecord]:
-    """Build an IDMap2-wrapped FAISS index over ``xb`` (unit vectors) with ``ids``: train, add, tune.
+@dataclass
+class _Built:
+    index: Any
+    full: str
+    tuning: Tuning | None
+    train_rows: np.ndarray | None
+    t_train: float
+    t_add: float
+    t_tune: float
 
-    ``factory`` is ``"auto"`` (see :func:`plan`) or any FAISS factory string. Returns the index and its record
-    (``record.choice`` is the full factory string).
-    """
-    spec = spec or AutoIndexSpec()
-    n, dim = xb.shape
+
+def _build_one(
+    xb: np.ndarray, ids: np.ndarray, factory: str, spec: AutoIndexSpec, train_size: int | None, progress: bool,
+    add_chunk: int,
+) -> _Built:  # fmt: skip
+    """Train (on a random sample), add and tune one FAISS index."""
+    n = len(xb)
     t0 = time.perf_counter()
-    chosen = plan(n, dim, spec) if factory == AUTO else None
-    index, full = new_faiss_index(dim, chosen.factory if chosen else factory)
+    index, full = new_faiss_index(xb.shape[1], factory)
     train_rows = None
     no_polysemous(index)
     if not index.is_trained:
-        size = chosen.train_size if chosen and chosen.train_size else min(n, max(MIN_TRAIN, 64 * (nlist_for(n) or 1)))
+        size = train_size or min(n, max(MIN_TRAIN, 64 * (nlist_for(n) or 1)))
         train_rows = np.sort(np.random.default_rng(spec.seed).choice(n, size=min(n, size), replace=False))
         log.info("training %s on %d of %d vectors", full, len(train_rows), n)
         try:
@@ -330,10 +252,78 @@ def build(
     bar.close()
     t_add = time.perf_counter() - t0 - t_train
     tuning = tune(index, xb, ids, spec, avoid=train_rows)
+    return _Built(index, full, tuning, train_rows, t_train, t_add, time.perf_counter() - t0 - t_train - t_add)
+
+
+def _measure(
+    xb: np.ndarray, ids: np.ndarray, plans: list[Plan], spec: AutoIndexSpec, progress: bool, add_chunk: int
+) -> tuple[Plan, _Built | None, str]:
+    """Build and tune every candidate on the same sample (all vectors when there are at most ``trial_size``) and
+    pick one with :func:`_pick` on its tuned recall and time per query. Returns the plan, its index when the trial
+    was on every vector, and a summary of the trials."""
+    n = len(xb)
+    whole = n <= spec.trial_size
+    rows = None if whole else np.sort(np.random.default_rng(spec.seed + 2).choice(n, spec.trial_size, replace=False))
+    xs, ids_s = (xb, ids) if rows is None else (np.ascontiguousarray(xb[rows]), ids[rows])
+    results: list[dict[str, Any]] = []
+    for p in plans:
+        factory = p.factory if whole else p.for_size(len(xs))
+        log.info("trying %s on %d vectors", factory, len(xs))
+        built = _build_one(xs, ids_s, factory, spec, None if not whole else p.train_size, progress, add_chunk)
+        t = built.tuning
+        results.append({
+            "plan": p, "built": built if whole else None, "recall": t.recall_at_10 if t else 1.0,
+            "ms": t.ms_per_query if t else float("inf"), "seconds": built.t_train + built.t_add,
+        })  # fmt: skip
+        if not whole:
+            del built
+    best = _pick(results, spec.target_recall)
+    where = "all vectors" if whole else f"a sample of {len(xs):,}"
+    tried = "; ".join(f"{r['plan'].family} {r['recall']:.3f} at {r['ms']:.3f} ms" for r in results)
+    summary = f"measured on {where} (recall@10 at ms/query): {tried}"
+    return best["plan"], best["built"], summary
+
+
+def build(
+    xb: np.ndarray,
+    ids: np.ndarray,
+    factory: str = AUTO,
+    spec: AutoIndexSpec | None = None,
+    *,
+    progress: bool = False,
+    add_chunk: int = 65536,
+) -> tuple[Any, AutoIndexRecord]:
+    """Build an IDMap2-wrapped FAISS index over ``xb`` (unit vectors) with ``ids``: train, add, tune.
+
+    ``factory`` is ``"auto"`` or any FAISS factory string. With ``auto`` and the ``measured`` chooser, every
+    candidate family that fits (:func:`simsearch.autocandidates.candidates`) is built and tuned on a sample and
+    the fastest reaching the target recall is built on all vectors (when none reaches it: the best recall, the
+    cheapest within 0.002 of it); the ``fixed`` chooser takes :func:`plan`. Returns the index and its record
+    (``record.choice`` is the full factory string).
+    """
+    spec = spec or AutoIndexSpec()
+    n, dim = xb.shape
+    t0 = time.perf_counter()
+    chosen: Plan | None = None
+    built: _Built | None = None
+    reason = "given with --index"
+    if factory == AUTO:
+        plans = candidates(n, dim, spec) if spec.chooser == "measured" else [fixed_plan(n, dim, spec)]
+        chosen, reason = plans[0], plans[0].reason
+        if len(plans) > 1:
+            chosen, built, summary = _measure(xb, ids, plans, spec, progress, add_chunk)
+            reason = f"{chosen.reason}; {summary}"
+    t_trials = time.perf_counter() - t0
+    if built is None:
+        built = _build_one(
+            xb, ids, chosen.factory if chosen else factory, spec, chosen.train_size if chosen else None, progress,
+            add_chunk,
+        )  # fmt: skip
+    tuning = built.tuning
     if tuning is not None and not tuning.reached:
         log.warning(
             "%s reaches recall@10 %.3f at best (target %.2f): raise --memory-budget or choose another --index",
-            full,
+            built.full,
             tuning.recall_at_10,
             spec.target_recall,
         )
@@ -342,20 +332,20 @@ def build(
         memory_budget=spec.memory_budget,
         target_recall=spec.target_recall,
         flat_below=spec.flat_below,
-        choice=full,
-        reason=chosen.reason if chosen else "given with --index",
+        choice=built.full,
+        reason=reason,
         built_for=int(n),
-        trained_on=len(train_rows) if train_rows is not None else 0,
+        trained_on=len(built.train_rows) if built.train_rows is not None else 0,
         estimated_bytes_per_vector=round(chosen.bytes_per_vector, 1) if chosen else None,
         params=tuning.params if tuning else {},
         recall_at_10=tuning.recall_at_10 if tuning else (1.0 if factory == "Flat" else None),
         recall_queries=tuning.queries if tuning else 0,
         ms_per_query_batched=tuning.ms_per_query if tuning else None,
-        train_seconds=round(t_train, 2),
-        add_seconds=round(t_add, 2),
-        tune_seconds=round(time.perf_counter() - t0 - t_train - t_add, 2),
+        train_seconds=round(built.t_train + t_trials, 2),
+        add_seconds=round(built.t_add, 2),
+        tune_seconds=round(built.t_tune, 2),
     )
-    return index, record
+    return built.index, record
 
 
 def finalize(faiss_index: Any, record: AutoIndexRecord | None) -> tuple[Any | None, AutoIndexRecord] | None:
@@ -419,9 +409,9 @@ def rebuild_advice(record: AutoIndexRecord | None, count: int, index_factory: st
     if record is None:
         return None
     if record.automatic and index_factory.endswith(",Flat") and "IVF" not in index_factory:
-        flat_below = _flat_below(record.spec)
-        if count >= flat_below:
-            return f"{count:,} items: past {flat_below:,}, a compressed index would be faster"
+        below = flat_below(record.spec)
+        if count >= below:
+            return f"{count:,} items: past {below:,}, a compressed index would be faster"
         return None
     built = record.built_for or 0
     if built and count > REBUILD_GROWTH * built:

@@ -12,7 +12,7 @@ from fakevectors import VectorEmbedder, vector_for, write_files
 
 import simsearch
 import simsearch.store
-from simsearch import autoindex, rebuild
+from simsearch import autocandidates, autoindex, rebuild
 from simsearch.backbones import l2_normalize
 from simsearch.cli import main
 from simsearch.config.autoindex import AutoIndexRecord, AutoIndexSpec, parse_size
@@ -162,7 +162,7 @@ def exhaustive(idx) -> None:
 
 @pytest.fixture
 def small_threshold(monkeypatch):
-    monkeypatch.setattr(autoindex, "FLAT_BELOW", 1000)
+    monkeypatch.setattr(autocandidates, "FLAT_BELOW", 1000)
 
 
 def test_small_collection_stays_exact_flat(tmp_path, tiny_backbone):
@@ -191,7 +191,7 @@ def test_auto_switches_to_a_tuned_ivf_and_keeps_incremental_updates(tmp_path, ti
     build_index([root], out, embedder=VectorEmbedder(tiny_backbone), commit_every=1000, target_recall=0.9)
     with simsearch.open_index(out) as idx:
         m = idx.manifest
-        assert m.index_factory.startswith("IDMap2,IVF") and m.count == 3000
+        assert ",IVF" in m.index_factory and m.count == 3000  # an IVF kind (maybe behind a PCA rotation)
         rec = m.extra["index_auto"]
         assert rec["recall_at_10"] >= 0.9 and rec["params"]["nprobe"] >= 1 and rec["built_for"] == 3000
         assert autoindex.search_params(idx.faiss)["nprobe"] == rec["params"]["nprobe"]

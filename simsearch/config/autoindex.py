@@ -17,6 +17,10 @@ INDEX_AUTO_KEY = "index_auto"  # manifest.extra key
 DEFAULT_TARGET_RECALL = 0.95
 TUNING_QUERIES = 500
 SEARCH_PARAMS = ("nprobe", "k_factor", "efSearch")  # tuned search parameters an index can record
+CHOOSERS = ("measured", "fixed")  # `auto`: measure every candidate family that fits / the single rule of fe4a9e6
+DEFAULT_CHOOSER = "fixed"
+TRIAL_SIZE = 50_000  # vectors a candidate family is tried on (all of them when the collection is smaller)
+RECALL_TIE = 0.002  # recalls this close count as equal: the cheaper setting wins
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12}
 _UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "ki": 2**10, "mi": 2**20, "gi": 2**30}
@@ -62,6 +66,9 @@ class AutoIndexSpec:
     flat_below: int | None = None
     tuning_queries: int = TUNING_QUERIES  # held-out queries measuring recall while tuning
     seed: int = 0
+    chooser: str = DEFAULT_CHOOSER  # measured: try every family that fits; fixed: the single rule of commit fe4a9e6
+    trial_size: int = TRIAL_SIZE  # vectors each candidate family is built and tuned on when the chooser measures
+    families: tuple[str, ...] = ()  # candidate families the measured chooser may use (empty: all that fit but HNSW)
 
     def __post_init__(self) -> None:
         if self.memory_budget is not None and (isinstance(self.memory_budget, bool) or self.memory_budget <= 0):
@@ -71,6 +78,10 @@ class AutoIndexSpec:
             raise SimsearchError(f"flat_below must be at least 1, not {self.flat_below}")
         if self.tuning_queries < 1:
             raise SimsearchError(f"tuning_queries must be at least 1, not {self.tuning_queries}")
+        if self.chooser not in CHOOSERS:
+            raise SimsearchError(f"unknown index chooser {self.chooser!r}: use one of {', '.join(CHOOSERS)}")
+        if self.trial_size < 1000:
+            raise SimsearchError(f"trial_size must be at least 1000, not {self.trial_size}")
 
     @classmethod
     def from_options(

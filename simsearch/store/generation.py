@@ -34,6 +34,7 @@ import numpy as np
 
 from ..atomic import atomic_write_text, fsync_dir, fsync_file
 from ..errors import IndexFormatError, IndexLockedError, SimsearchError
+from ..faissops import search_params, set_search_params
 from .manifest import AUGMENT_KEY, FORMAT_VERSION, MANIFEST, Manifest, published_generation
 from .metadata import SCHEMA, Metadata, attrs_json, py_path, ro_uri
 from .migrate import migrate_v1
@@ -200,6 +201,7 @@ class GenerationWriter:
         self.path, self.m, self.faiss = path, manifest, faiss_index
         self.tmp_meta = path / f".meta-next-{os.getpid()}.sqlite"
         self._remove_ids = remove_ids
+        self._deferred_drop: set[int] = set()  # ids to remove from an index type that cannot (one rebuild for all)
         self._remove_stale_files()
         if base is not None and base.format_version == 1:
             db = sqlite3.connect(self.tmp_meta)
@@ -266,8 +268,8 @@ class GenerationWriter:
         try:
             if len(arr) and (self._remove_ids is None or not self._remove_ids(self.faiss, arr)):
                 self.faiss.remove_ids(faiss.IDSelectorBatch(len(arr), faiss.swig_ptr(arr)))
-        except RuntimeError:
-            self._rebuild_without(set(arr.tolist()))
+        except RuntimeError:  # cannot remove (HNSW, flat PQ): rebuilt once, before the index is next used
+            self._deferred_drop.update(arr.tolist())
         self.db.execute("DELETE FROM photos WHERE id IN (SELECT value FROM json_each(?))", (_ids(ids),))
 
     def remove_items(self, item_ids: Sequence[int] | np.ndarray) -> None:
@@ -284,11 +286,19 @@ class GenerationWriter:
         ids = idmap_ids(self.faiss)
         keep = np.array([i for i in ids if int(i) not in drop], dtype=np.int64)
         vecs = np.asarray(self.faiss.reconstruct_batch(keep), dtype=np.float32) if len(keep) else None
+        params = search_params(self.faiss)  # e.g. a tuned efSearch: kept by the rebuilt index
+        log.warning(
+            "%s cannot remove vectors: rebuilding it from the %d kept (for frequent removals choose an IVF index, "
+            "e.g. `simsearch rebuild PATH --index IVF1024,PQ160x4fs,RFlat` for 1M 1280-d vectors)",
+            self.m.index_factory,
+            len(keep),
+        )
         self.faiss, _ = new_faiss_index(self.m.dim, self.m.index_factory)
         if vecs is not None:
             if not self.faiss.is_trained:
                 self.faiss.train(vecs)
             self.faiss.add_with_ids(vecs, keep)
+        set_search_params(self.faiss, params)
 
     def replace_index(self, faiss_index, index_factory: str, extra: dict | None = None) -> None:
         """Swap in another FAISS index holding the same ids (e.g. the automatic choice retrained)."""
@@ -314,6 +324,9 @@ class GenerationWriter:
 
     # -- publishing
     def flush_training(self, final: bool) -> None:
+        if self._deferred_drop:
+            drop, self._deferred_drop = self._deferred_drop, set()
+            self._rebuild_without(drop)
         if not self.pending_train or (not final and sum(len(i) for i, _ in self.pending_train) < TRAIN_BATCH):
             return
         ids = np.concatenate([i for i, _ in self.pending_train])
