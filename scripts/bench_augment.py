@@ -11,7 +11,7 @@ collection (3 photos per class, ``--seeds`` random draws); the bundled sample ph
 ``speed``: on a copy of ``--index``: the augmentation step of an ``index`` run (a run over the same folders that
 only augments), query latency of new images (embedding included) and of vectors, with and without augmentation;
 the incremental update for 1,000 added and 1,000 removed images; for each of ``--sizes`` synthetic vectors
-(``scripts/bench_scale.py``'s generator): the neighbour graph exact and over the automatic ANN index, the
+(the realistic generator of ``simsearch/synthetic.py``): the neighbour graph exact and over the automatic ANN index, the
 averaging, and an incremental update of 1,000 over the ANN index. Reports ``uptime`` load with every figure.
 """
 
@@ -233,13 +233,11 @@ def _n(s: str) -> int:
 
 
 def _synthetic(n: int, args, report) -> None:
-    from bench_scale import expand
-
-    from simsearch import autoindex
+    from simsearch import autoindex, synthetic
     from simsearch.config.autoindex import AutoIndexSpec
 
     _, base, lab, _ = _labelled(args.index, None)
-    xb = expand(base, lab, n, seed=0, mix=3, noise=0.5, keep_real=True)
+    xb = synthetic.PcaNoise.fit(base).sample(n, seed=0, keep_real=True)  # the realistic generator (docs/scale.md)
     ids = np.arange(n, dtype=np.int64)
     spec = AugmentSpec(k=10)
     t = time.perf_counter()
