@@ -11,8 +11,8 @@ collection (3 photos per class, ``--seeds`` random draws); the bundled sample ph
 ``speed``: on a copy of ``--index``: the augmentation step of an ``index`` run (a run over the same folders that
 only augments), query latency of new images (embedding included) and of vectors, with and without augmentation;
 the incremental update for 1,000 added and 1,000 removed images; for each of ``--sizes`` synthetic vectors
-(the realistic generator of ``simsearch/synthetic.py``): the neighbour graph exact and over the automatic ANN index, the
-averaging, and an incremental update of 1,000 over the ANN index. Reports ``uptime`` load with every figure.
+(the realistic generator of ``simsearch/synthetic.py``): the neighbour graph exact and over the automatic ANN
+index, the averaging, and an incremental update of 1,000 over the ANN index. Reports ``uptime`` load with every figure.
 """
 
 from __future__ import annotations
@@ -236,7 +236,7 @@ def _synthetic(n: int, args, report) -> None:
     from simsearch import autoindex, synthetic
     from simsearch.config.autoindex import AutoIndexSpec
 
-    _, base, lab, _ = _labelled(args.index, None)
+    _, base, _, _ = _labelled(args.index, None)
     xb = synthetic.PcaNoise.fit(base).sample(n, seed=0, keep_real=True)  # the realistic generator (docs/scale.md)
     ids = np.arange(n, dtype=np.int64)
     spec = AugmentSpec(k=10)
