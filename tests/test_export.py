@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from fakevectors import VectorEmbedder, write_files
 
 import simsearch
-from simsearch import autoindex
+from simsearch import autocandidates
 from simsearch.cli import main
 from simsearch.export import export_index, read_parquet_manifest
 from simsearch.index import build_index
@@ -71,7 +71,7 @@ def test_export_refuses_to_overwrite_and_cli(flat_index, tmp_path):
 
 
 def test_export_of_a_compressed_ivf_index(tmp_path, tiny_backbone, monkeypatch):
-    monkeypatch.setattr(autoindex, "FLAT_BELOW", 1000)
+    monkeypatch.setattr(autocandidates, "FLAT_BELOW", 1000)
     write_files(tmp_path / "photos", 2000)
     build_index([tmp_path / "photos"], tmp_path / "idx", embedder=VectorEmbedder(tiny_backbone), target_recall=0.9)
     with simsearch.open_index(tmp_path / "idx") as idx:

@@ -59,7 +59,7 @@ def _check_recall(value: float) -> float:
 @dataclass(frozen=True)
 class AutoIndexSpec:
     """What ``--index auto`` aims for. ``memory_budget`` None: half the RAM (decided when the index is chosen);
-    ``flat_below`` None: :data:`simsearch.autoindex.FLAT_BELOW` (exact search below that many vectors)."""
+    ``flat_below`` None: :data:`simsearch.autocandidates.FLAT_BELOW` (exact search below that many vectors)."""
 
     memory_budget: int | None = None  # bytes the finished index may use
     target_recall: float = DEFAULT_TARGET_RECALL  # recall@10 against exact search to tune for
