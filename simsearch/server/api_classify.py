@@ -11,13 +11,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
 from ..config.classify import CLASSIFY
 from ..config.limits import LIMITS
 from ..votes import Classification
 from .api_search import unit_rows
-from .deps import ItemRef, State, base_url, ms_since, read_json, require_items, resolve_item
+from .deps import ItemRef, State, base_url, ms_since, read_image, read_json, require_items, resolve_item
 from .errors import ApiError, describe_validation
 from .models import ItemRefT, K, Text
 from .serialise import links
@@ -138,21 +137,10 @@ _IMAGE_FORM = {
 )
 async def classify_route(request: Request, state: State) -> JSONResponse:
     t0 = time.perf_counter()
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "multipart/form-data":
-        try:
-            form = await request.form(max_files=1, max_fields=16)
-        except Exception as e:  # malformed multipart, too many parts...
-            raise ApiError(400, f"cannot read the multipart body: {getattr(e, 'detail', None) or e}") from None
-        upload = form.get("image") or form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise ApiError(400, "a multipart classify needs the image in a file field named 'image'")
-        data = await upload.read()
-        return await _classify_image(state, request, data, {k: form.get(k) for k in ClassifyParams.model_fields}, t0)
-    if ctype.startswith("image/") or ctype == "application/octet-stream":
-        data = await request.body()
-        fields = {k: request.query_params.get(k) for k in ClassifyParams.model_fields}
-        return await _classify_image(state, request, data, fields, t0)
+    image = await read_image(request, "classify")
+    if image is not None:
+        data, given = image  # a form or the query string
+        return await _classify_image(state, request, data, {k: given.get(k) for k in ClassifyParams.model_fields}, t0)
     req = await read_json(request, ClassifyRequest)
 
     def run():

@@ -10,12 +10,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
 from ..config.limits import LIMITS
 from ..errors import SimsearchError
 from ..search import check_vector, recommend, search_vectors
-from .deps import State, base_url, known_ids, ms_since, read_json, require_items
+from .deps import State, base_url, known_ids, ms_since, read_image, read_json, require_items
 from .errors import ApiError, describe_validation
 from .models import (
     BatchSearchRequest,
@@ -101,31 +100,14 @@ _IMAGE_FORM = {
 )
 async def search_route(request: Request, state: State):
     t0 = time.perf_counter()
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "multipart/form-data":
-        try:
-            form = await request.form(max_files=1, max_fields=16)
-        except Exception as e:  # malformed multipart, too many parts...
-            raise ApiError(400, f"cannot read the multipart body: {getattr(e, 'detail', None) or e}") from None
-        upload = form.get("image") or form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise ApiError(400, "a multipart search needs the image in a file field named 'image'")
-        data = await upload.read()
+    image = await read_image(request, "search")
+    if image is not None:
+        data, given = image  # a form or the query string
         fields: dict[str, Any] = {
-            "k": form.get("k"),
-            "label": form.getlist("label"),
-            "path_prefix": form.get("path_prefix"),
-            "augment": form.get("augment"),
-        }
-        return await _search_image(state, request, data, fields, t0)
-    if ctype.startswith("image/") or ctype == "application/octet-stream":
-        data = await request.body()
-        q = request.query_params
-        fields = {
-            "k": q.get("k"),
-            "label": q.getlist("label"),
-            "path_prefix": q.get("path_prefix"),
-            "augment": q.get("augment"),
+            "k": given.get("k"),
+            "label": given.getlist("label"),
+            "path_prefix": given.get("path_prefix"),
+            "augment": given.get("augment"),
         }
         return await _search_image(state, request, data, fields, t0)
     req = await read_json(request, SearchRequest)

@@ -7,10 +7,11 @@ item (a catalogue key beside the numeric id) change one function.
 from __future__ import annotations
 
 import time
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Path, Request
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
 
 from ..index import Index
 from .errors import ApiError, describe_validation
@@ -51,6 +52,25 @@ async def read_json(request: Request, model: type[M]) -> M:
         return model.model_validate_json(body)
     except ValidationError as e:
         raise ApiError(422, describe_validation(e.errors())) from None
+
+
+async def read_image(request: Request, what: str) -> tuple[bytes, Any] | None:
+    """The image of a request that sends one, and where its other fields are: a multipart form (the image in a
+    file field ``image`` or ``file``; fields in the form) or a raw image body (fields in the query string). None
+    for any other body (the route reads JSON). ``what`` names the route in the error ("search", "classify")."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        try:
+            form = await request.form(max_files=1, max_fields=16)
+        except Exception as e:  # malformed multipart, too many parts...
+            raise ApiError(400, f"cannot read the multipart body: {getattr(e, 'detail', None) or e}") from None
+        upload = form.get("image") or form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(400, f"a multipart {what} needs the image in a file field named 'image'")
+        return await upload.read(), form
+    if ctype.startswith("image/") or ctype == "application/octet-stream":
+        return await request.body(), request.query_params
+    return None
 
 
 def resolve_item(index: Index, ref: str | int) -> int:
