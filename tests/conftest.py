@@ -138,6 +138,13 @@ class CountingEngine:
         return self.inner(batch)
 
 
+def color_vector(rgb, dim: int = 256) -> np.ndarray:
+    """The unit vector :class:`ColorEngine` gives a solid ``rgb`` image: along (r, g, b, 0, ...)."""
+    v = np.zeros(dim, np.float32)
+    v[:3] = rgb
+    return v / np.linalg.norm(v)
+
+
 class ColorEngine:
     """Embeds an image as its mean RGB colour (undoing the backbone's normalisation), padded to ``dim``.
 
@@ -223,6 +230,12 @@ def make_color_index(tmp_path, tiny_backbone):
     yield make
     for idx in opened:
         idx.close()
+
+
+@pytest.fixture
+def colors(make_color_index):
+    """An index of :data:`COLORS` (three reds, greens and blues) built with :class:`ColorEngine`."""
+    return make_color_index(COLORS)
 
 
 @pytest.fixture

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from conftest import COLORS, write_solid
+from conftest import color_vector, write_solid
 
 import simsearch
 from simsearch.compact import compact_index
 from simsearch.index import verify_index
-
-
-def _unit(rgb):
-    v = np.zeros(256, np.float32)
-    v[:3] = rgb
-    return v / np.linalg.norm(v)
-
-
-@pytest.fixture
-def colors(make_color_index):
-    return make_color_index(COLORS)
 
 
 def keys(hits):
@@ -30,11 +18,11 @@ def test_put_is_searchable_at_once_and_survives_compaction(colors, tmp_path):
     img = write_solid(tmp_path / "new" / "teal.png", (0, 128, 128))
     item = colors.put("sku-teal", [img], {"label": "teal", "price": 12.5, "tags": ["sale"]})
     assert item >= 1 << 40  # live ids come from their own range
-    hits = colors.search(_unit((0, 128, 128)), k=3)
+    hits = colors.search(color_vector((0, 128, 128)), k=3)
     assert hits[0].key == "sku-teal" and hits[0].score > 0.999
     assert hits[0].attributes == {"label": "teal", "price": 12.5, "tags": ["sale"]}
     # a filter on an attribute only live items have
-    assert keys(colors.search(_unit((255, 0, 0)), k=5, filter={"label": "teal"})) == ["sku-teal"]
+    assert keys(colors.search(color_vector((255, 0, 0)), k=5, filter={"label": "teal"})) == ["sku-teal"]
     r = compact_index(colors.path)
     assert r["folded"] == 1
     assert verify_index(colors.path)[0] == []
@@ -46,21 +34,21 @@ def test_put_is_searchable_at_once_and_survives_compaction(colors, tmp_path):
     # the open index switches to the compacted generation by itself and finds the item once
     colors.follow = True
     colors._checked = 0.0
-    hits = colors.search(_unit((0, 128, 128)), k=20)
+    hits = colors.search(color_vector((0, 128, 128)), k=20)
     assert keys(hits).count("sku-teal") == 1
 
 
 def test_patch_changes_attributes_without_embedding_and_delete_hides(colors):
     red = colors.id_for_key("red/r1.png")
     colors.patch("red/r1.png", {"label": "crimson", "in_stock": False})
-    hits = colors.search(_unit((255, 0, 0)), k=9, exclude_query=False)
+    hits = colors.search(color_vector((255, 0, 0)), k=9, exclude_query=False)
     top = next(h for h in hits if h.key == "red/r1.png")
     assert top.id == red and top.label == "crimson" and top.attributes["in_stock"] is False
     assert keys(hits).count("red/r1.png") == 1
-    assert "red/r1.png" in keys(colors.search(_unit((255, 0, 0)), k=9, filter={"label": "crimson"}))
-    assert "red/r1.png" not in keys(colors.search(_unit((255, 0, 0)), k=9, filter={"label": "red"}))
+    assert "red/r1.png" in keys(colors.search(color_vector((255, 0, 0)), k=9, filter={"label": "crimson"}))
+    assert "red/r1.png" not in keys(colors.search(color_vector((255, 0, 0)), k=9, filter={"label": "red"}))
     assert colors.delete(["red/r2.png", "red/r1.png"]) == 2
-    left = keys(colors.search(_unit((255, 0, 0)), k=9))
+    left = keys(colors.search(color_vector((255, 0, 0)), k=9))
     assert "red/r1.png" not in left and "red/r2.png" not in left and len(left) == 7
     with pytest.raises(KeyError):
         colors.patch("red/r1.png", {"label": "x"})  # deleted
@@ -80,4 +68,4 @@ def test_bad_writes_are_refused_and_change_nothing(colors):
     with pytest.raises(KeyError):
         colors.delete(["red/r1.png", "no-such-key"])
     assert colors.pending_writes() == 0
-    assert len(colors.search(_unit((255, 0, 0)), k=9)) == 9  # nothing was written
+    assert len(colors.search(color_vector((255, 0, 0)), k=9)) == 9  # nothing was written

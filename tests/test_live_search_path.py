@@ -8,8 +8,7 @@ import importlib
 import threading
 
 import numpy as np
-import pytest
-from conftest import COLORS
+from conftest import COLORS, color_vector
 
 import simsearch
 import simsearch.index
@@ -17,17 +16,6 @@ from simsearch.compact import compact_index, truncate_journal
 
 search_module = importlib.import_module("simsearch.search")  # (simsearch.search is also a function)
 search_live = importlib.import_module("simsearch.search_live")
-
-
-def _unit(rgb):
-    v = np.zeros(256, np.float32)
-    v[:3] = rgb
-    return v / np.linalg.norm(v)
-
-
-@pytest.fixture
-def colors(make_color_index):
-    return make_color_index(COLORS)
 
 
 def _in_thread(fn):
@@ -40,7 +28,7 @@ def _in_thread(fn):
 
 
 def test_searches_wait_neither_for_an_append_nor_for_another_journal_read(colors, monkeypatch):
-    teal = _unit((0, 128, 128))
+    teal = color_vector((0, 128, 128))
     photo = colors.item(colors.id_for_key("red/r1.png")).photos[0].abspath
     colors.put("sku-teal", [photo], {"label": "teal"}, vectors=[teal])
     monkeypatch.setattr(simsearch.index, "LIVE_POLL_SECONDS", 0.0)  # every search is due to read the journal
@@ -56,21 +44,25 @@ def test_searches_wait_neither_for_an_append_nor_for_another_journal_read(colors
 def test_own_writes_are_seen_at_once_and_others_within_the_poll(colors, monkeypatch):
     monkeypatch.setattr(simsearch.index, "LIVE_POLL_SECONDS", 1e9)  # searches never read the journal
     photo = colors.item(colors.id_for_key("red/r1.png")).photos[0].abspath
-    colors.search(_unit((255, 0, 0)), k=1)
-    colors.put("own", [photo], {"label": "own"}, vectors=[_unit((0, 128, 128))])
+    colors.search(color_vector((255, 0, 0)), k=1)
+    colors.put("own", [photo], {"label": "own"}, vectors=[color_vector((0, 128, 128))])
     colors.patch("red/r2.png", {"label": "crimson"})
-    assert [h.key for h in colors.search(_unit((255, 0, 0)), k=9, filter={"label": "own"})] == ["own"]
-    assert [h.key for h in colors.search(_unit((255, 0, 0)), k=9, filter={"label": "crimson"})] == ["red/r2.png"]
+    assert [h.key for h in colors.search(color_vector((255, 0, 0)), k=9, filter={"label": "own"})] == ["own"]
+    assert [h.key for h in colors.search(color_vector((255, 0, 0)), k=9, filter={"label": "crimson"})] == ["red/r2.png"]
     with simsearch.open_index(colors.path) as other:  # another writer (as another process would be)
-        other.put("theirs", [photo], {"label": "theirs"}, vectors=[_unit((128, 0, 128))])
+        other.put("theirs", [photo], {"label": "theirs"}, vectors=[color_vector((128, 0, 128))])
         # this index has not read the journal since: not seen yet, nor does a write of its own skip it
-        assert colors.search(_unit((128, 0, 128)), k=9, filter={"label": "theirs"}) == []
+        assert colors.search(color_vector((128, 0, 128)), k=9, filter={"label": "theirs"}) == []
         colors.delete(["own"])
-        assert [h.key for h in colors.search(_unit((128, 0, 128)), k=9, filter={"label": "theirs"})] == ["theirs"]
-        assert colors.search(_unit((0, 128, 128)), k=9, filter={"label": "own"}) == []
+        assert [h.key for h in colors.search(color_vector((128, 0, 128)), k=9, filter={"label": "theirs"})] == [
+            "theirs"
+        ]
+        assert colors.search(color_vector((0, 128, 128)), k=9, filter={"label": "own"}) == []
         monkeypatch.setattr(simsearch.index, "LIVE_POLL_SECONDS", 0.0)
         other.patch("theirs", {"label": "changed"})
-        assert [h.key for h in colors.search(_unit((128, 0, 128)), k=9, filter={"label": "changed"})] == ["theirs"]
+        assert [h.key for h in colors.search(color_vector((128, 0, 128)), k=9, filter={"label": "changed"})] == [
+            "theirs"
+        ]
 
 
 def test_live_items_are_expanded_once_not_on_every_search(make_color_index, monkeypatch):
@@ -87,8 +79,8 @@ def test_live_items_are_expanded_once_not_on_every_search(make_color_index, monk
     monkeypatch.setattr(search_live, "expand", counting)  # the live segment
     photo = idx.item(idx.id_for_key("red/r1.png")).photos[0].abspath
     for n, rgb in enumerate([(0, 128, 128), (128, 0, 128), (128, 128, 0)]):
-        idx.put(f"live-{n}", [photo], {"label": "live"}, vectors=[_unit(rgb)])
-    q = _unit((0, 120, 130))
+        idx.put(f"live-{n}", [photo], {"label": "live"}, vectors=[color_vector(rgb)])
+    q = color_vector((0, 120, 130))
     first = idx.search(q, k=4)
     assert sorted(expanded) == [1, 3]  # the query, and the three live items at once
     expanded.clear()
@@ -96,7 +88,7 @@ def test_live_items_are_expanded_once_not_on_every_search(make_color_index, monk
     assert expanded == [1] and [h.key for h in again] == [h.key for h in first]  # only the query
     assert first[0].key == "live-0"
     expanded.clear()
-    idx.put("live-3", [photo], {"label": "live"}, vectors=[_unit((0, 130, 120))])
+    idx.put("live-3", [photo], {"label": "live"}, vectors=[color_vector((0, 130, 120))])
     idx.patch("live-0", {"label": "patched"})  # attributes only: its expansion is kept
     hits = idx.search(q, k=4)
     assert sorted(expanded) == [1, 1]  # the query and the new item
@@ -110,15 +102,15 @@ def test_live_items_are_expanded_once_not_on_every_search(make_color_index, monk
 
 def test_compaction_without_truncation_keeps_old_readers_current(colors):
     photo = colors.item(colors.id_for_key("red/r1.png")).photos[0].abspath
-    colors.put("sku", [photo], {"label": "live"}, vectors=[_unit((0, 128, 128))])
+    colors.put("sku", [photo], {"label": "live"}, vectors=[color_vector((0, 128, 128))])
     gen = colors.manifest.generation
     r = compact_index(colors.path, truncate=False)
     assert r["folded"] == 1 and r["delta_seq"] >= 1
-    colors.search(_unit((0, 128, 128)), k=1)
+    colors.search(color_vector((0, 128, 128)), k=1)
     assert colors.manifest.generation == gen  # the rows are still there: not stale, no reload
     with simsearch.open_index(colors.path) as new:  # the new generation ignores the folded rows
         assert new.manifest.generation == gen + 1 and new.pending_writes() == 0
-        assert [h.key for h in new.search(_unit((0, 128, 128)), k=9)].count("sku") == 1
+        assert [h.key for h in new.search(color_vector((0, 128, 128)), k=9)].count("sku") == 1
     truncate_journal(colors.path, r["delta_seq"])
     assert colors._journal.read(0) == []
 
@@ -134,13 +126,13 @@ def test_service_compaction_swaps_without_a_search_reopening_and_keeps_the_model
         assert before._embedder is not None
         photo = before.item(before.id_for_key("red/r1.png")).photos[0].abspath
         with state.index() as idx:
-            idx.put("sku", [photo], {"label": "live"}, vectors=[_unit((0, 128, 128))])
+            idx.put("sku", [photo], {"label": "live"}, vectors=[color_vector((0, 128, 128))])
         seen = []
         real = state.reload
 
         def reload(**kw):  # a request in flight on the old generation while the new one is being opened
             with state.index() as old:
-                seen.append((old.manifest.generation, [h.key for h in old.search(_unit((0, 128, 128)), k=1)]))
+                seen.append((old.manifest.generation, [h.key for h in old.search(color_vector((0, 128, 128)), k=1)]))
             return real(**kw)
 
         state.reload = reload  # type: ignore[method-assign]
@@ -150,7 +142,7 @@ def test_service_compaction_swaps_without_a_search_reopening_and_keeps_the_model
         assert after is not before and after.manifest.generation == before.manifest.generation + 1
         assert after._embedder is before._embedder  # the model was not loaded again
         assert after.pending_writes() == 0 and after._journal.read(0) == []
-        assert [h.key for h in after.search(_unit((0, 128, 128)), k=1)] == ["sku"]
+        assert [h.key for h in after.search(color_vector((0, 128, 128)), k=1)] == ["sku"]
         assert state.compact_once() == 0
     finally:
         state.close()
@@ -158,10 +150,10 @@ def test_service_compaction_swaps_without_a_search_reopening_and_keeps_the_model
 
 def test_batched_rows_merge_live_items_as_single_searches_do(colors):
     photo = colors.item(colors.id_for_key("red/r1.png")).photos[0].abspath
-    colors.put("teal", [photo], {"label": "live"}, vectors=[_unit((0, 128, 128))])
-    colors.put("red/r2.png", [photo], {"label": "moved"}, vectors=[_unit((0, 0, 250))])  # a stored item replaced
+    colors.put("teal", [photo], {"label": "live"}, vectors=[color_vector((0, 128, 128))])
+    colors.put("red/r2.png", [photo], {"label": "moved"}, vectors=[color_vector((0, 0, 250))])  # a stored item replaced
     colors.delete(["blue/b1.png"])
-    rows = np.stack([_unit(rgb) for rgb in [(0, 130, 120), (255, 0, 0), (0, 0, 255), (10, 200, 10)]])
+    rows = np.stack([color_vector(rgb) for rgb in [(0, 130, 120), (255, 0, 0), (0, 0, 255), (10, 200, 10)]])
     together = colors.search_vectors(rows, k=4)
     alone = [colors.search_vectors(row[None], k=4)[0] for row in rows]
     assert [[(h.key, h.score) for h in r] for r in together] == [[(h.key, h.score) for h in r] for r in alone]
