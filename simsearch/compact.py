@@ -14,8 +14,7 @@ from pathlib import Path
 from . import autoindex
 from .attributes import value_type
 from .augment_index import augment_writer, load_base, needs_augmenting, recorded_spec
-from .errors import IndexFormatError
-from .store import MANIFEST, GenerationWriter, load_generation, read_manifest, writer_lock
+from .store import GenerationWriter, existing_index, load_generation, read_manifest, writer_lock
 from .store.delta import DeltaJournal, Op
 from .store.metadata import db_path
 
@@ -30,9 +29,7 @@ def compact_index(path: str | Path, *, journal: DeltaJournal | None = None, trun
     delete with :func:`truncate_journal` once it serves the new generation: readers of the old generation keep
     reading them meanwhile instead of finding their generation stale."""
     t0 = time.perf_counter()
-    path = Path(path).expanduser()
-    if not (path / MANIFEST).exists():
-        raise IndexFormatError(f"no index at {path}")
+    path = existing_index(path)
     with writer_lock(path):
         m = read_manifest(path)
         journal = journal or DeltaJournal(path, m.dim)

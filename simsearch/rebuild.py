@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 from . import autoindex
 from .augment_index import augment_writer, load_base, needs_augmenting, recorded_spec
 from .config.autoindex import INDEX_AUTO_KEY, AutoIndexRecord
-from .errors import IndexFormatError
-from .store import MANIFEST, GenerationWriter, load_generation, read_manifest, writer_lock
+from .store import MANIFEST, GenerationWriter, existing_index, load_generation, read_manifest, writer_lock
 
 
 def rebuild_index(
@@ -25,9 +23,7 @@ def rebuild_index(
 
     ``index_factory`` is ``"auto"`` or any factory string."""
     t0 = time.perf_counter()
-    path = Path(path).expanduser()
-    if not (path / MANIFEST).exists():
-        raise IndexFormatError(f"no index at {path}")
+    path = existing_index(path)
     with writer_lock(path):
         m = read_manifest(path)
         index, meta = load_generation(path, m)

@@ -21,6 +21,7 @@ from .manifest import (
     MANIFEST,
     METRIC,
     Manifest,
+    existing_index,
     published_generation,
     read_manifest,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "Photo",
     "Snapshot",
     "db_path",
+    "existing_index",
     "faiss_message",
     "folder_key",
     "label_from_path",

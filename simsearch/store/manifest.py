@@ -158,6 +158,16 @@ _TYPES = {
 }
 
 
+def existing_index(path: str | Path) -> Path:
+    """``path`` (``~`` expanded) when it holds an index; else a one-line :class:`IndexFormatError` saying what to do."""
+    path = Path(path).expanduser()
+    if not (path / MANIFEST).exists():
+        if not path.exists():
+            raise IndexFormatError(f"no index at {path}: create one with `simsearch index FOLDER --out {path}`")
+        raise IndexFormatError(f"{path} is not a simsearch index (no {MANIFEST})")
+    return path
+
+
 def read_manifest(path: Path) -> Manifest:
     where = str(path / MANIFEST)
     try:

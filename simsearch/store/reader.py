@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import IndexFormatError
 from ..filters import AttributeTable
 from .generation import load_augmented, load_generation
-from .manifest import MANIFEST, Manifest, read_manifest
+from .manifest import Manifest, existing_index, read_manifest
 from .metadata import Metadata
 
 OPEN_RETRIES = 5  # a writer may replace the generation between reading the manifest and its files
@@ -39,11 +39,7 @@ class Snapshot:
 
     @classmethod
     def open(cls, path: str | Path, *, mmap: bool = False) -> Snapshot:
-        path = Path(path).expanduser()
-        if not (path / MANIFEST).exists():
-            if not path.exists():
-                raise IndexFormatError(f"no index at {path}: create one with `simsearch index FOLDER --out {path}`")
-            raise IndexFormatError(f"{path} is not a simsearch index (no {MANIFEST})")
+        path = existing_index(path)
         for attempt in range(OPEN_RETRIES):
             manifest = read_manifest(path)
             try:
