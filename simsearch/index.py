@@ -205,9 +205,9 @@ class Index:
 
     def has_id(self, item_id: int) -> bool:
         state = self.live_state()
-        if any(it.id == int(item_id) for it in state.items.values()):
+        if int(item_id) in state.by_id:
             return True
-        return int(item_id) not in state.hidden and self._snapshot.meta.has_item(item_id)
+        return int(item_id) not in state.hidden and self._snapshot.has_item(item_id)
 
     def ids(self) -> np.ndarray:
         return self._snapshot.meta.item_ids()
@@ -245,7 +245,7 @@ class Index:
         ``paths=False``: ids and keys only, no look-up on the file system (for names that come from requests)."""
         live = self.live_state()
         if isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
-            if any(it.id == int(ref) for it in live.items.values()):
+            if int(ref) in live.by_id:
                 return int(ref)
             return int(ref) if int(ref) not in live.hidden and self.has_id(int(ref)) else None
         if isinstance(ref, str):
@@ -310,9 +310,9 @@ class Index:
     # -- vectors
     def item_vectors(self, item_id: int) -> np.ndarray | None:
         """The photo vectors of an item ``(n, dim)``, live writes included (None: no such item)."""
-        for it in self.live_state().items.values():
-            if it.id == int(item_id):
-                return it.vectors
+        live = self.live_state().by_id.get(int(item_id))
+        if live is not None:
+            return live.vectors
         return self._snapshot.item_vectors([int(item_id)]).get(int(item_id))
 
     def vector(self, item_id: int) -> np.ndarray:

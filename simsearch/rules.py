@@ -41,7 +41,7 @@ def apply_rules(snap: Snapshot, live: LiveState, ranked: list, rules: Rules, k: 
     counts: dict[tuple[str, object], int] = {}
     attrs: dict[int, dict] = {}
     if rules.max_per:
-        attrs = {it.id: it.attributes for it in snap.meta.items([r[0] for r in ranked if r[0] not in live.by_id])}
+        attrs = {it.id: it.attributes for it in snap.items([r[0] for r in ranked if r[0] not in live.by_id])}
         attrs.update({r[0]: live.by_id[r[0]].attributes for r in ranked if r[0] in live.by_id})
     kept: list[tuple[int, float, int]] = []
     kept_vecs: list[np.ndarray] = []
@@ -72,7 +72,7 @@ def apply_rules(snap: Snapshot, live: LiveState, ranked: list, rules: Rules, k: 
 
 def _photo_hashes(snap: Snapshot, ranked: list) -> dict[int, int]:
     """``{photo id: perceptual hash}`` of the ranked results' photos (those indexed with one)."""
-    items = snap.meta.items(sorted({int(r[0]) for r in ranked}))
+    items = snap.items(sorted({int(r[0]) for r in ranked}))
     return {p.id: p.phash for it in items for p in it.photos if p.phash is not None}
 
 

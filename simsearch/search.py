@@ -129,6 +129,21 @@ def check_vector(v, dim: int) -> np.ndarray:
     return (v / np.linalg.norm(v)).astype(np.float32)
 
 
+def check_vectors(vectors, dim: int) -> np.ndarray:
+    """Rows of query vectors ``(n, dim)`` as unit float32 rows, each exactly as :func:`check_vector` gives it,
+    checked together (a batch of requests costs one conversion); a bad row raises :func:`check_vector`'s error."""
+    v = np.asarray(vectors, dtype=np.float64)
+    if v.ndim != 2 or v.shape[1] != dim:
+        raise SimsearchError(f"query vectors must have dim {dim}, not {v.shape[-1]}")
+    scale = np.abs(v).max(axis=1) if v.size else np.ones(len(v))  # nan or inf when a row is not finite
+    bad = np.flatnonzero(~(np.isfinite(scale) & (scale > 0)))
+    if len(bad):
+        check_vector(v[bad[0]], dim)  # raises the row's own message
+    v = v / scale[:, None]
+    norms = np.array([np.sqrt(np.dot(row, row)) for row in v])  # as np.linalg.norm computes one row
+    return (v / norms[:, None]).astype(np.float32)
+
+
 def search(
     index: Searchable,
     query,
@@ -200,7 +215,8 @@ def search_vectors(
     if arr.ndim != 2 or arr.shape[1] != snap.manifest.dim:
         raise SimsearchError(f"query vectors must have dim {snap.manifest.dim}, not {arr.shape[-1]}")
     skip = _resolve_ids(index, exclude)
-    rows = [check_vector(v, snap.manifest.dim)[None, :] for v in arr]
+    checked = check_vectors(arr, snap.manifest.dim)
+    rows = [checked[i : i + 1] for i in range(len(checked))]
     raw = search_spec(snap, augment) is None
     together = _search_rows(index, np.vstack(rows), k, skip, filter, rules) if len(rows) > 1 and raw else None
     if together is not None:
@@ -454,7 +470,7 @@ def _mean_pooled(snap: Snapshot, queries: np.ndarray, ranked: list, *, augmented
 
 def _hits(snap: Snapshot, live: LiveState, ranked: list, fields: tuple[str, ...] | None) -> list[Hit]:
     live_by_id: dict[int, LiveItem] = live.by_id
-    stored: dict[int, Item] = {it.id: it for it in snap.meta.items([r[0] for r in ranked if r[0] not in live_by_id])}
+    stored: dict[int, Item] = {it.id: it for it in snap.items([r[0] for r in ranked if r[0] not in live_by_id])}
     out: list[Hit] = []
     for item_id, score, photo_id in ranked:
         if item_id in live_by_id:
@@ -478,7 +494,7 @@ def _hits(snap: Snapshot, live: LiveState, ranked: list, fields: tuple[str, ...]
                 label=None if label is None else str(label),
                 abspath=abspath,
                 key=key,
-                attributes=attributes if fields is None else {f: attributes.get(f) for f in fields},
+                attributes=dict(attributes) if fields is None else {f: attributes.get(f) for f in fields},
             )
         )
     return out

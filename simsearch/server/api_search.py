@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..config.limits import LIMITS
 from ..errors import SimsearchError
-from ..search import check_vector, recommend, search_vectors
+from ..search import check_vector, check_vectors, recommend, search_vectors
 from .deps import State, base_url, known_ids, ms_since, read_image, read_json, require_items
 from .errors import ApiError, describe_validation
 from .models import (
@@ -43,16 +43,22 @@ def _json_body(model) -> dict:
 def unit_rows(index, rows: list[list[float]], single: bool = False) -> np.ndarray:
     """The request's vectors as unit rows, by the library's check (any norm; finite, non-zero, the index's dim)."""
     dim = index.manifest.dim
-    out = np.empty((len(rows), dim), np.float32)
     for i, row in enumerate(rows):
-        what = "the vector" if single else f"vector {i}"
         if len(row) != dim:
-            raise ApiError(400, f"{what} has {len(row)} values; this index's vectors have {dim}")
-        try:
-            out[i] = check_vector(row, dim)
-        except SimsearchError as e:
-            raise ApiError(400, f"{what}: {e}") from None
-    return out
+            raise ApiError(400, f"{_which(i, single)} has {len(row)} values; this index's vectors have {dim}")
+    try:
+        return check_vectors(rows, dim) if rows else np.empty((0, dim), np.float32)
+    except SimsearchError:
+        for i, row in enumerate(rows):  # name the first bad one
+            try:
+                check_vector(row, dim)
+            except SimsearchError as e:
+                raise ApiError(400, f"{_which(i, single)}: {e}") from None
+        raise
+
+
+def _which(i: int, single: bool) -> str:
+    return "the vector" if single else f"vector {i}"
 
 
 def answer(state: ServiceState, request: Request, hits, k: int, t0: float) -> JSONResponse:

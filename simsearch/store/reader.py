@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +14,20 @@ from ..errors import IndexFormatError
 from ..filters import AttributeTable
 from .generation import load_augmented, load_generation
 from .manifest import Manifest, existing_index, read_manifest
-from .metadata import Metadata
+from .metadata import Item, Metadata
 
 OPEN_RETRIES = 5  # a writer may replace the generation between reading the manifest and its files
+MAP_AFTER_LOOKUPS = 8  # a snapshot asked this often for the items of a few photos loads the whole map instead
+ITEM_CACHE = 8192  # items kept in memory per snapshot (a generation's items never change; live writes overlay them)
 
 
 class Snapshot:
     """The FAISS index, metadata and manifest of one generation, read-only.
 
     The photo → item map and the item attributes are loaded on first use (a query without filters on an index
-    of single-photo items never needs them) and kept for the life of the snapshot.
+    of single-photo items never needs them) and kept for the life of the snapshot; so are the items that searches
+    return, up to :data:`ITEM_CACHE` of the most recent (a long-lived reader such as the service answers from
+    memory; a one-shot query reads only its hits).
     """
 
     def __init__(
@@ -35,7 +41,10 @@ class Snapshot:
         self.meta = meta
         self._lock = threading.Lock()
         self._photo_map: tuple[np.ndarray, np.ndarray] | None = None
+        self._by_item: tuple[np.ndarray, np.ndarray] | None = None  # (photo map rows ordered by item, their items)
         self._attributes: tuple[np.ndarray, AttributeTable] | None = None
+        self._lookups = 0  # photo → item lookups answered from SQLite (see items_of)
+        self._items: OrderedDict[int, Item] = OrderedDict()  # least recently used first
 
     @classmethod
     def open(cls, path: str | Path, *, mmap: bool = False) -> Snapshot:
@@ -82,7 +91,8 @@ class Snapshot:
     def items_of(self, photo_ids: np.ndarray) -> np.ndarray:
         """Item id of each photo id (-1 for unknown ones)."""
         photo_ids = np.asarray(photo_ids, dtype=np.int64)
-        if self._photo_map is None and len(photo_ids) <= 4096:  # a few results: no need to load the whole map
+        if self._photo_map is None and len(photo_ids) <= 4096 and self._lookups < MAP_AFTER_LOOKUPS:
+            self._lookups += 1  # a few results, a few times: no need to load the whole map
             found = self.meta.items_of_photos(photo_ids)
             return np.array([found.get(int(p), -1) for p in photo_ids], dtype=np.int64)
         pids, items = self.photo_map()
@@ -91,17 +101,53 @@ class Snapshot:
         pos = np.clip(np.searchsorted(pids, photo_ids), 0, len(pids) - 1)
         return np.where(pids[pos] == photo_ids, items[pos], -1)
 
+    def items(self, ids: Iterable[int]) -> list[Item]:
+        """Items by id, in the order given (unknown ids left out), from memory when read before."""
+        wanted = [int(i) for i in ids]
+        with self._lock:
+            cached = {i: self._items[i] for i in wanted if i in self._items}
+            for i in cached:
+                self._items.move_to_end(i)
+        missing = [i for i in wanted if i not in cached]
+        if missing:
+            read = self.meta.items(missing)
+            with self._lock:
+                for it in read:
+                    cached[it.id] = self._items[it.id] = it
+                while len(self._items) > ITEM_CACHE:
+                    self._items.popitem(last=False)
+        return [cached[i] for i in wanted if i in cached]
+
+    def _rows_of(self, item_ids) -> np.ndarray:
+        """Rows of the photo map (ascending) that belong to the given items: binary searches, not a scan."""
+        items = self.photo_map()[1]
+        with self._lock:
+            if self._by_item is None:
+                order = np.argsort(items, kind="stable")
+                self._by_item = (order, items[order])
+            order, sorted_items = self._by_item
+        wanted = np.unique(np.asarray(list(item_ids), dtype=np.int64))
+        lo, hi = np.searchsorted(sorted_items, wanted, "left"), np.searchsorted(sorted_items, wanted, "right")
+        if len(wanted) == 1:
+            return order[lo[0] : hi[0]]
+        return np.sort(np.concatenate([order[a:b] for a, b in zip(lo, hi, strict=True)] or [np.zeros(0, np.int64)]))
+
+    def has_item(self, item_id: int) -> bool:
+        """Whether the generation holds this item (every item has at least one photo)."""
+        if self._photo_map is None and self._lookups < MAP_AFTER_LOOKUPS:
+            self._lookups += 1
+            return self.meta.has_item(item_id)
+        return len(self._rows_of([int(item_id)])) > 0
+
     def photos_of(self, item_ids) -> np.ndarray:
         """Photo ids of the given items (sorted)."""
-        pids, items = self.photo_map()
-        return pids[np.isin(items, np.asarray(list(item_ids), dtype=np.int64))]
+        return self.photo_map()[0][self._rows_of(item_ids)]
 
     def item_vectors(self, item_ids, *, augmented: bool = False) -> dict[int, np.ndarray]:
         """The photo vectors (or ``augmented`` ones) of each item, ``{item id: (n_photos, dim)}``."""
         pids, items = self.photo_map()
-        wanted = np.asarray(list(item_ids), dtype=np.int64)
-        mask = np.isin(items, wanted)
-        sel_p, sel_i = pids[mask], items[mask]
+        rows = self._rows_of(item_ids)
+        sel_p, sel_i = pids[rows], items[rows]
         if len(sel_p) == 0:
             return {}
         source = self.augmented if augmented and self.augmented is not None else self.faiss
