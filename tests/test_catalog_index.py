@@ -143,3 +143,35 @@ def test_mean_pooling_scores_items_by_their_normalised_mean(tmp_path, make_color
             found[pooling] = [(h.key, round(h.score, 3)) for h in idx.search(q, k=3)]
     assert found["max"][0] == ("mixed", 1.0)  # its red photo
     assert found["mean"][0][0] == "redish" and ("mixed", 0.707) in found["mean"]
+
+
+def test_a_long_lived_reader_answers_from_memory_exactly_as_from_sqlite(shop, monkeypatch):
+    """The snapshot's in-memory views (items of recent hits, the photo map ordered by item) give what SQLite
+    gives: the first look-ups go to the database, later ones are answered without it."""
+    from simsearch.store import reader
+
+    idx = build(shop)
+    snap = idx.snapshot
+    ids = [int(i) for i in idx.ids()]
+    first = {i: (idx.has_id(i), idx.item_vectors(i), snap.items([i])) for i in ids}
+    hits = idx.search_vectors(idx.vectors()[1][:2], k=3)
+    for _ in range(reader.MAP_AFTER_LOOKUPS):  # exhaust the look-ups answered from SQLite
+        snap.items_of(np.array([0]))
+        snap.has_item(ids[0])
+    assert snap._photo_map is not None
+
+    def no_sql(*a, **k):
+        raise AssertionError("answered from SQLite")
+
+    monkeypatch.setattr(snap.meta, "items", no_sql)  # every item was read above
+    monkeypatch.setattr(snap.meta, "has_item", no_sql)
+    monkeypatch.setattr(snap.meta, "items_of_photos", no_sql)
+    for i in ids:
+        has, vecs, items = first[i]
+        assert idx.has_id(i) == has
+        np.testing.assert_array_equal(idx.item_vectors(i), vecs)
+        assert snap.items([i]) == items
+    assert not idx.has_id(max(ids) + 1)
+    assert idx.search_vectors(idx.vectors()[1][:2], k=3) == hits
+    assert sorted(snap.photos_of(ids[:2]).tolist()) == snap.photos_of(ids[:2]).tolist()
+    assert len(snap.photos_of(ids)) == idx.manifest.count  # every photo, each once
