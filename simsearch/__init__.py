@@ -27,9 +27,12 @@ if TYPE_CHECKING:
     from .finetuning import FinetuneResult, finetune
     from .images import load_image, scan
     from .index import Index, Item, Manifest, UpdateReport, open_index
+    from .index import build_and_open as build_index
 
-# public name -> the module that defines it
+# public name -> the module that defines it (and the name there, when it differs)
+_RENAMED = {"build_index": "build_and_open"}
 _LAZY = {
+    "build_index": "index",
     "DEFAULT_BACKBONE": "backbones",
     "Backbone": "backbones",
     "create_backbone": "backbones",
@@ -58,26 +61,13 @@ def __getattr__(name: str) -> Any:
         if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
             return importlib.import_module(f".{name}", __name__)
         raise AttributeError(f"module 'simsearch' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(importlib.import_module(f".{module}", __name__), _RENAMED.get(name, name))
     globals()[name] = value  # later lookups skip __getattr__
     return value
 
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
-
-
-def build_index(roots=None, out=None, **kwargs) -> Index:
-    """Index the images under ``roots`` (or the rows of ``catalog=``) into ``out``, incrementally, and return the
-    opened index; the run's :class:`UpdateReport` is ``index.report``. Keyword arguments: see
-    :func:`simsearch.build.build_index`."""
-    from .build import run_build
-    from .index import open_index
-
-    report, backbone = run_build(roots, out, **kwargs)
-    idx = open_index(report.path, backbone=backbone)
-    idx.report = report
-    return idx
 
 
 __all__ = [

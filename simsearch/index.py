@@ -5,46 +5,29 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .atomic import atomic_write_bytes
 from .attributes import check_attributes, check_text
 from .backbones import Backbone, check_backbone, create_backbone, l2_normalize
+from .build import build_index, run_build
 from .config.classify import CLASSIFY
 from .embed import Embedder, cached_embedder_for_index, embedder_for_index
 from .errors import SimsearchError
 from .rules import Rules
 from .search import Hit, allowed_items, check_vector, recommend, search, search_vectors
-from .store import MANIFEST, Item, Manifest, Photo, Snapshot, published_generation, read_manifest, writer_lock
+from .store import MANIFEST, Item, Manifest, Snapshot, published_generation, read_manifest, writer_lock
 from .store.delta import DeltaJournal, NewOp
 from .store.live import LiveState, LiveView
+from .store.uploads import keep_photo
+from .sync import UpdateReport
+from .verify import verify_index
 from .votes import Classification, classify_queries
-
-if TYPE_CHECKING:
-    from .build import UpdateReport, build_index
-    from .verify import verify_index
-
-# re-exported names imported on first use: searching an index needs neither the build nor the checker
-_LAZY = {"UpdateReport": "sync", "build_index": "build", "verify_index": "verify"}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(f".{_LAZY[name]}", __package__), name)
-
 
 __all__ = [
     "MANIFEST",
@@ -88,9 +71,15 @@ class Index:
 
     @classmethod
     def open(
-        cls, path: str | Path, *, backbone: Backbone | str | None = None, mmap: bool = False, follow: bool = False
+        cls,
+        path: str | Path,
+        *,
+        backbone: Backbone | str | None = None,
+        mmap: bool = False,
+        follow: bool = False,
+        report: UpdateReport | None = None,
     ) -> Index:
-        idx = cls(Snapshot.open(path, mmap=mmap), follow=follow)
+        idx = cls(Snapshot.open(path, mmap=mmap), report=report, follow=follow)
         if backbone is not None:
             idx.set_backbone(backbone)
         return idx
@@ -191,14 +180,14 @@ class Index:
         if ids is None:
             return self._snapshot.meta.items(None)
         wanted = [int(i) for i in ids]
-        live = {it.id: it for it in state.items.values()}
+        live = state.by_id
         stored = {
             it.id: it for it in self._snapshot.meta.items(i for i in wanted if i not in live and i not in state.hidden)
         }
         out = []
         for i in wanted:
             if i in live:
-                out.append(_live_item(live[i]))
+                out.append(live[i].as_item())
             elif i in stored:
                 out.append(stored[i])
         return out
@@ -220,24 +209,7 @@ class Index:
 
     def id_for_path(self, path: str | Path) -> int | None:
         """Id of the item with a photo at this absolute path, or at this path relative to a root."""
-        try:
-            p = Path(path).expanduser()
-        except RuntimeError:  # "~name" of no known user: no such file
-            return None
-        roots = self.manifest.roots
-        candidates = []
-        if p.is_absolute() or p.exists():  # a file on disk: only the indexed file at that very place
-            ap = p.resolve() if p.exists() else p
-            for i, root in enumerate(roots):
-                with contextlib.suppress(ValueError):
-                    candidates.append((i, ap.relative_to(root).as_posix()))
-        else:
-            candidates = [(i, p.as_posix()) for i in range(len(roots))]
-        for root_idx, rel in candidates:
-            found = self._snapshot.meta.item_for_file(root_idx, rel)
-            if found is not None:
-                return found
-        return None
+        return self._snapshot.item_for_path(path)
 
     def resolve_item(self, ref, *, paths: bool = True) -> int | None:
         """The id of the item that ``ref`` names: an id, a key, or an indexed file's path (None: not indexed).
@@ -320,7 +292,7 @@ class Index:
         vecs = self._snapshot.item_vectors([item_id]).get(int(item_id))
         if vecs is None:
             raise KeyError(item_id)
-        return vecs[0] if len(vecs) == 1 else l2_normalize(vecs.mean(axis=0))
+        return _mean(vecs)
 
     def vectors(self, ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of items (default: all, sorted by id); one vector per item as :meth:`vector`."""
@@ -437,7 +409,7 @@ class Index:
             vecs = np.vstack([check_vector(v, self.manifest.dim) for v in np.atleast_2d(np.asarray(vectors))])
             if len(vecs) != len(images):
                 raise SimsearchError(f"item {key!r}: {len(images)} photos but {len(vecs)} vectors")
-        photos = tuple(self._keep_photo(img) for img in images)
+        photos = tuple(keep_photo(self.path, img) for img in images)
         return NewOp("put", key, self._exists(key), attrs, vecs, photos)
 
     def patch(self, key: str, attributes: dict) -> int:
@@ -475,28 +447,9 @@ class Index:
     def pending_writes(self) -> int:
         return self._journal.pending(self.manifest.delta_seq)
 
-    def _keep_photo(self, image) -> str:
-        if isinstance(image, (str, Path)):
-            p = Path(image).expanduser().resolve()
-            if not p.is_file():
-                raise SimsearchError(f"photo not found: {image}")
-            return str(p)
-        if not isinstance(image, (bytes, bytearray)):  # a PIL image
-            buf = io.BytesIO()
-            image.convert("RGB").save(buf, "PNG")
-            image = buf.getvalue()
-        digest = hashlib.sha256(image).hexdigest()
-        target = self.path / UPLOADS / digest[:2] / digest
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(target, bytes(image))
-        return str(target.resolve())
-
     # -- writing
     def update(self, roots: Sequence[str | Path] | None = None, **kwargs) -> UpdateReport:
         """Add new or changed files under ``roots`` (default: the index's roots); see :func:`build_index`."""
-        from .build import build_index
-
         return build_index(roots or self.manifest.roots, self.path, backbone=self._backbone, **kwargs)
 
     def info(self) -> dict:
@@ -513,20 +466,6 @@ class Index:
 
 REFRESH_SECONDS = 0.2  # how often searches look for a newer generation (live writes are seen at once)
 LIVE_POLL_SECONDS = 0.05  # how often searches read the journal for other processes' writes (this one's: at once)
-UPLOADS = "uploads"
-
-
-def _live_item(it) -> Item:
-    photos = []
-    for pid, name in zip(it.photo_ids.tolist(), it.photos, strict=True):
-        p = Path(name)
-        try:
-            st = p.stat()
-            size, mtime = st.st_size, st.st_mtime_ns
-        except OSError:
-            size, mtime = 0, 0
-        photos.append(Photo(pid, str(p.parent), p.name, size, mtime))
-    return Item(it.id, it.key, dict(it.attributes), tuple(photos))
 
 
 def _mean(vecs: np.ndarray) -> np.ndarray:
@@ -540,3 +479,11 @@ def open_index(
 
     Live writes are always seen; ``follow`` also switches to newer generations written by ``index`` runs."""
     return Index.open(path, backbone=backbone, mmap=mmap, follow=follow)
+
+
+def build_and_open(roots=None, out=None, **kwargs) -> Index:
+    """``simsearch.build_index``: index the images under ``roots`` (or the rows of ``catalog=``) into ``out``,
+    incrementally, and return the opened index; the run's :class:`UpdateReport` is ``index.report``. Keyword
+    arguments: see :func:`simsearch.build.build_index`."""
+    report, backbone = run_build(roots, out, **kwargs)
+    return Index.open(report.path, backbone=backbone, report=report)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from ..attributes import value_type
 from ..filters import AttributeTable
 from .delta import DeltaJournal, Op
+from .metadata import Item, Photo
 from .reader import Snapshot
 
 
@@ -30,6 +32,19 @@ class LiveItem:
     # values derived from the vectors alone (e.g. their expansion over an augmented snapshot), computed once by
     # the searches that need them and kept by a patch (which changes attributes only)
     derived: dict = field(default_factory=dict, repr=False)
+
+    def as_item(self) -> Item:
+        """The item as a stored one reads (its photos' size and time read now; 0 for a photo that is gone)."""
+        photos = []
+        for pid, name in zip(self.photo_ids.tolist(), self.photos, strict=True):
+            p = Path(name)
+            try:
+                st = p.stat()
+                size, mtime = st.st_size, st.st_mtime_ns
+            except OSError:
+                size, mtime = 0, 0
+            photos.append(Photo(pid, str(p.parent), p.name, size, mtime))
+        return Item(self.id, self.key, dict(self.attributes), tuple(photos))
 
 
 @dataclass(frozen=True, eq=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import OrderedDict
@@ -131,6 +132,27 @@ class Snapshot:
         if len(wanted) == 1:
             return order[lo[0] : hi[0]]
         return np.sort(np.concatenate([order[a:b] for a, b in zip(lo, hi, strict=True)] or [np.zeros(0, np.int64)]))
+
+    def item_for_path(self, path: str | Path) -> int | None:
+        """Id of the item with a photo at this absolute path, or at this path relative to a root."""
+        try:
+            p = Path(path).expanduser()
+        except RuntimeError:  # "~name" of no known user: no such file
+            return None
+        roots = self.manifest.roots
+        candidates = []
+        if p.is_absolute() or p.exists():  # a file on disk: only the indexed file at that very place
+            ap = p.resolve() if p.exists() else p
+            for i, root in enumerate(roots):
+                with contextlib.suppress(ValueError):
+                    candidates.append((i, ap.relative_to(root).as_posix()))
+        else:
+            candidates = [(i, p.as_posix()) for i in range(len(roots))]
+        for root_idx, rel in candidates:
+            found = self.meta.item_for_file(root_idx, rel)
+            if found is not None:
+                return found
+        return None
 
     def has_item(self, item_id: int) -> bool:
         """Whether the generation holds this item (every item has at least one photo)."""
