@@ -7,6 +7,8 @@ collection is expanded over the augmented vectors of its nearest items (alpha qu
 an item already has its augmented vector. Searches run on the augmented vectors and :func:`guarded_merge` keeps
 the raw top results at the head of the list.
 
+The query side (expansion, the guarded merge) is :mod:`simsearch.augment_query`.
+
 Everything here works on numpy arrays and FAISS indexes and knows nothing of how an index is stored: the store
 keeps, per generation, the raw vectors, the augmented vectors (same ids) and the :class:`KnnGraph`, and calls
 :func:`augment` or :func:`update` when it writes one.
@@ -100,7 +102,7 @@ def exact_search(vectors: np.ndarray, ids: np.ndarray | None = None) -> Search:
     """Exact inner-product search over ``vectors`` (FAISS ``IndexFlatIP``), answering with ``ids``."""
     import faiss
 
-    vectors = _f32(vectors)
+    vectors = f32(vectors)
     index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
     if len(vectors):
         index.add_with_ids(vectors, np.arange(len(vectors), dtype=np.int64) if ids is None else _i64(ids))
@@ -111,7 +113,7 @@ def index_search(index) -> Search:
     """Search a FAISS index (exact or ANN, with its own search parameters); its ids are the item ids."""
 
     def search(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return index.search(_f32(queries), k)
+        return index.search(f32(queries), k)
 
     return search
 
@@ -130,7 +132,7 @@ def knn_graph(
     ``search`` runs over the whole collection (default: exact search over ``vectors``); an ANN index gives an
     approximate graph. Lists are re-scored exactly and put in canonical order (see :class:`KnnGraph`).
     """
-    vectors, ids = _f32(vectors), _i64(ids)
+    vectors, ids = f32(vectors), _i64(ids)
     rows = np.arange(len(ids)) if rows is None else _i64(rows)
     width = int(width)
     nbr = np.full((len(rows), width), -1, np.int64)
@@ -203,7 +205,7 @@ def augment(
     ``graph`` (rows = ``ids``, at least ``spec.max_k`` wide) is computed when not given: exactly, or with
     ``search`` (an ANN index). ``k = "auto"`` is resolved with :func:`resolve_k` first.
     """
-    vectors, ids = _f32(vectors), _i64(ids)
+    vectors, ids = f32(vectors), _i64(ids)
     if not spec.enabled or len(ids) < 2:
         return vectors.copy()
     if graph is None:
@@ -256,12 +258,13 @@ def propagate(vectors: np.ndarray, graph: KnnGraph, spec: AugmentSpec, targets: 
                     acc += weights[part, c, None] * have[np.searchsorted(have_rows, col)]
                 elif ok.any():
                     acc[ok] += weights[part[ok], c, None] * have[np.searchsorted(have_rows, col[ok])]
-            out[start : start + len(part)] = _normalize(acc)
+            out[start : start + len(part)] = normalize_rows(acc)
         have_rows, have = rows, out
     return have[np.searchsorted(have_rows, targets)]
 
 
-def _normalize(x: np.ndarray) -> np.ndarray:
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, in place (zero rows stay zero)."""
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(1e-12))
     return x
 
@@ -308,7 +311,7 @@ def update(
 
     With an exact graph the result equals a from-scratch :func:`augment` (and :func:`knn_graph`) bit for bit.
     """
-    vectors, ids = _f32(vectors), _i64(ids)
+    vectors, ids = f32(vectors), _i64(ids)
     width = graph.width
     row_of = _Rows(ids)
     removed = np.setdiff1d(graph.ids, ids)
@@ -396,79 +399,6 @@ def _entrants(vectors, ids, stable, fresh_rows, width, exact: bool, search: Sear
     return cand
 
 
-# ------------------------------------------------------------------------------------------------ queries
-
-
-def expand_query(
-    queries: np.ndarray,
-    neighbor_sims: np.ndarray,
-    neighbor_vectors: np.ndarray,
-    spec: AugmentSpec,
-) -> np.ndarray:
-    """Alpha query expansion: ``normalise(q + sum_j max(s_j, 0) ** power * a_j)`` over the first ``k`` items.
-
-    ``neighbor_sims`` (m, ≥k): each query's raw cosine to its nearest items, best first (-inf/nan where none);
-    ``neighbor_vectors`` (m, ≥k, d): those items' augmented vectors. Unchanged queries for method ``none`` or
-    ``expand_queries`` off.
-    """
-    q = _f32(np.atleast_2d(queries)).copy()
-    if not spec.enabled or not spec.expand_queries:
-        return q
-    k = min(spec_k(spec), neighbor_sims.shape[1])
-    w = neighbour_weights(np.nan_to_num(np.asarray(neighbor_sims, np.float32), nan=-np.inf), spec, k)
-    for c in range(k):
-        q += w[:, c, None] * _f32(neighbor_vectors[:, c])
-    return _normalize(q)
-
-
-def guarded_merge(
-    raw_ids: np.ndarray,
-    aug_ids: np.ndarray,
-    guard: int,
-    k: int,
-    *,
-    first: int | None = None,
-) -> np.ndarray:
-    """One query's result ids: ``first`` (if given), the raw top-``guard``, then the augmented ranking; no repeats.
-
-    ``raw_ids``/``aug_ids``: that query's ids, best first (-1 = none). Returns at most ``k`` ids.
-    """
-    out: list[int] = []
-    seen: set[int] = set()
-    head = ([int(first)] if first is not None else []) + [int(x) for x in raw_ids[:guard]]
-    for x in (*head, *(int(y) for y in aug_ids)):
-        if x >= 0 and x not in seen:
-            seen.add(x)
-            out.append(x)
-            if len(out) == k:
-                break
-    return np.asarray(out, np.int64)
-
-
-def guarded_rows(raw: np.ndarray, augmented: np.ndarray, guard: int, first: np.ndarray | None = None) -> np.ndarray:
-    """:func:`guarded_merge` of many queries at once: rows of ids (or row numbers), -1 = none; same width as
-    ``augmented``."""
-    width = augmented.shape[1]
-    head = raw[:, :guard] if first is None else np.concatenate([first[:, None], raw[:, :guard]], axis=1)
-    # a head entry repeating an earlier one (the item-first result among the raw top) is dropped
-    dup = np.zeros(head.shape, bool)
-    for c in range(1, head.shape[1]):
-        dup[:, c] = (head[:, :c] == head[:, c : c + 1]).any(axis=1)
-    head = np.where(dup | (head < 0), -1, head)
-    in_head = (augmented[:, :, None] == head[:, None, :]).any(axis=2) | (augmented < 0)
-    both = np.concatenate([head, np.where(in_head, -1, augmented)], axis=1)
-    order = np.argsort(both < 0, axis=1, kind="stable")  # present ones first, in their order
-    return np.take_along_axis(both, order, axis=1)[:, :width]
-
-
-def item_first(raw_top1: int, raw_top1_sim: float, aug_top1: int, aug_top1_raw_sim: float, spec: AugmentSpec) -> int:
-    """First result for a query that is an item: the augmented top-1 unless the raw top-1 is closer (raw cosine)
-    by more than ``spec.item_first`` (or always the raw top-1 when that is None)."""
-    if spec.item_first is None or raw_top1_sim - aug_top1_raw_sim > spec.item_first:
-        return int(raw_top1)
-    return int(aug_top1)
-
-
 # ------------------------------------------------------------------------------------------------ auto k
 
 
@@ -491,7 +421,7 @@ def auto_k(graph: KnnGraph, background: float, *, fraction: float = 0.75, k_max:
 
 def background_similarity(vectors: np.ndarray, *, pairs: int = 20_000, seed: int = 0) -> float:
     """Median cosine between random pairs of distinct rows (a seeded sample)."""
-    vectors = _f32(vectors)
+    vectors = f32(vectors)
     n = len(vectors)
     if n < 2:
         return 0.0
@@ -501,7 +431,8 @@ def background_similarity(vectors: np.ndarray, *, pairs: int = 20_000, seed: int
     return float(np.median(np.einsum("ij,ij->i", vectors[a], vectors[b])))
 
 
-def _f32(x) -> np.ndarray:
+def f32(x) -> np.ndarray:
+    """``x`` as a C-contiguous float32 array."""
     return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
 
 

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .augment import expand_query, guarded_rows, knn_graph, propagate, resolve_k
+from .augment import knn_graph, propagate, resolve_k
+from .augment_query import expand_query, guarded_rows
 from .config.augment import AugmentSpec
 from .errors import SimsearchError
 
@@ -237,7 +238,7 @@ def augmented_metrics(
         _, aug_nb = exact_knn(expanded, aug, depth)
         q_labels = labels[queries]
     first = None
-    if queries is None:  # an item's first result: see simsearch.augment.item_first
+    if queries is None:  # an item's first result: see simsearch.augment_query.item_first
         first = aug_nb[:, 0]
         if spec.item_first is not None:
             gap = raw_s[:, 0] - np.einsum("ij,ij->i", q_raw, vectors[first])

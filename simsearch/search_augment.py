@@ -4,7 +4,7 @@
 A query searches the augmented vectors when the index has them and the query does not turn them off. A new image
 or vector is expanded over the augmented vectors of its nearest photos (alpha-QE); an item of the index uses its
 own augmented vectors. The results are then ``[augmented top-1 for an item query] + raw top-guard + augmented
-ranking`` without repeats (:func:`simsearch.augment.guarded_merge`). Every hit's score stays the raw cosine of
+ranking`` without repeats (:func:`simsearch.augment_query.guarded_merge`). Every hit's score stays the raw cosine of
 query and photo (1.0 for the same image, comparable with thresholds); the order is the augmented one, so scores
 are not always decreasing.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .augment import expand_query, guarded_rows, item_first
+from .augment_query import expand_query, guarded_rows, item_first
 from .config.augment import AugmentSpec
 from .errors import SimsearchError
 from .store import Snapshot

@@ -1,4 +1,4 @@
-"""Collection-side augmentation (simsearch.augment) and its spec (simsearch.config.augment)."""
+"""Collection-side augmentation (simsearch.augment), query expansion (simsearch.augment_query) and its spec (simsearch.config.augment)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,11 @@ from simsearch.augment import (
     augment,
     auto_k,
     background_similarity,
-    expand_query,
-    guarded_merge,
-    guarded_rows,
     index_search,
-    item_first,
     knn_graph,
     update,
 )
+from simsearch.augment_query import expand_query, guarded_merge, guarded_rows, item_first
 from simsearch.config.augment import AugmentSpec, AugmentSpecError
 
 # a, b, c, d on the unit circle: cos(a,b) = 0.8, cos(b,c) = 0.6, cos(a,c) = 0, cos(c,d) = 0, cos(a,d) = -1
