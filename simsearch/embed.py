@@ -348,8 +348,9 @@ def _new_embedder(
         emb = Embedder(
             backbone, engine=engine or AUTO, precision=eng_precision, draft=use_draft, engine_options=options, **kwargs
         )
-    if choice is not None:
-        emb.reason = choice.reason if choice.precision != AUTO else f"{emb.settings().precision}: {choice.reason}"
+    if choice is not None:  # the reason names the precision the engine resolved to: the same engine, with it
+        reason = choice.reason if choice.precision != AUTO else f"{emb.settings().precision}: {choice.reason}"
+        emb = Embedder(backbone, engine=emb.engine, draft=use_draft, reason=reason, **kwargs)
     return emb, emb.settings()
 
 

@@ -78,8 +78,9 @@ class Index:
         mmap: bool = False,
         follow: bool = False,
         report: UpdateReport | None = None,
+        embedder_options: dict | None = None,
     ) -> Index:
-        idx = cls(Snapshot.open(path, mmap=mmap), report=report, follow=follow)
+        idx = cls(Snapshot.open(path, mmap=mmap), embedder_options=embedder_options, report=report, follow=follow)
         if backbone is not None:
             idx.set_backbone(backbone)
         return idx
@@ -473,12 +474,18 @@ def _mean(vecs: np.ndarray) -> np.ndarray:
 
 
 def open_index(
-    path: str | Path, *, backbone: Backbone | str | None = None, mmap: bool = False, follow: bool = False
+    path: str | Path,
+    *,
+    backbone: Backbone | str | None = None,
+    mmap: bool = False,
+    follow: bool = False,
+    embedder_options: dict | None = None,
 ) -> Index:
-    """Open a saved index for searching. The backbone is loaded lazily (only to embed new images).
+    """Open a saved index for searching. The backbone is loaded lazily (only to embed new images), with
+    ``embedder_options`` (engine, precision, batch_size, workers, max_pixels).
 
     Live writes are always seen; ``follow`` also switches to newer generations written by ``index`` runs."""
-    return Index.open(path, backbone=backbone, mmap=mmap, follow=follow)
+    return Index.open(path, backbone=backbone, mmap=mmap, follow=follow, embedder_options=embedder_options)
 
 
 def build_and_open(roots=None, out=None, **kwargs) -> Index:

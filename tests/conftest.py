@@ -222,8 +222,7 @@ def make_color_index(tmp_path, tiny_backbone):
         simsearch.index.build_index(
             [root], out, backbone=tiny_backbone, engine=engine, batch_size=4, workers=2, augment=augment
         )
-        idx = simsearch.open_index(out, backbone=tiny_backbone)
-        idx.embedder_options = {"engine": engine}
+        idx = simsearch.open_index(out, backbone=tiny_backbone, embedder_options={"engine": engine})
         opened.append(idx)
         return idx
 

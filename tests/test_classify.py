@@ -270,8 +270,7 @@ def test_any_attribute_can_be_voted_on(color_index):
         if not rel.startswith("green/"):
             color_index.patch(rel, {"shade": "warm" if rel.startswith("red/") else "cool"})
     compact_index(color_index.path)
-    with simsearch.open_index(color_index.path) as idx:
-        idx.embedder_options = color_index.embedder_options
+    with simsearch.open_index(color_index.path, embedder_options=color_index.embedder_options) as idx:
         (r,) = classify(idx, [Image.new("RGB", (8, 8), (0, 250, 10))], k=2, field="shade")  # green: no shade
         assert r.votes[0].label in {"warm", "cool"} and all(n.label in {"warm", "cool"} for n in r.neighbors)
         (r,) = classify(idx, ["red/r1.png"], k=2, field="shade")

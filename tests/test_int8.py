@@ -84,10 +84,11 @@ def test_int8_index_refuses_other_precisions(tiny_backbone, cache, tmp_path):
         np.testing.assert_allclose(idx.embed([f.read_bytes() for f in files]), stored, atol=1e-5)
         assert idx.embedder.settings().to_dict() == rec
         extra, count = idx.manifest.extra, idx.manifest.count
-    with simsearch.open_index(out) as idx:
-        idx.embedder_options = {"precision": "fp32"}
-        with pytest.raises(SimsearchError, match="different embeddings"):
-            idx.embed(files[:1])
+    with (
+        simsearch.open_index(out, embedder_options={"precision": "fp32"}) as idx,
+        pytest.raises(SimsearchError, match="different embeddings"),
+    ):
+        idx.embed(files[:1])
     fp32_engine = OpenVINOEngine(tiny_backbone, "fp32")
     with pytest.raises(SimsearchError, match=r"int8 and fp32/bf16 vectors .* are different embeddings"):
         embedder_for_index(tiny_backbone, extra, count, engine=fp32_engine)
