@@ -17,6 +17,7 @@ from .attributes import check_attributes, check_text
 from .backbones import Backbone, check_backbone, create_backbone, l2_normalize
 from .build import build_index, run_build
 from .config.classify import CLASSIFY
+from .config.index import READER
 from .embed import Embedder, cached_embedder_for_index, embedder_for_index
 from .errors import SimsearchError
 from .rules import Rules
@@ -346,16 +347,16 @@ class Index:
     def live_state(self) -> LiveState:
         """The generation and the live writes searches see now.
 
-        This process's live writes are seen at once, other processes' within ``LIVE_POLL_SECONDS``. An index opened with ``follow=True`` also switches to a
+        This process's live writes are seen at once, other processes' within ``READER.live_poll_seconds``. An index opened with ``follow=True`` also switches to a
         newer generation published by a batch run (checked every 0.2 s); otherwise it keeps serving the one it
         opened, except after a compaction of live writes it has not read yet (then it must reload to see them).
         """
-        if self.follow and time.monotonic() - self._checked >= REFRESH_SECONDS:
+        if self.follow and time.monotonic() - self._checked >= READER.refresh_seconds:
             self._checked = time.monotonic()
             gen = published_generation(self.path)
             if gen is not None and gen != self.manifest.generation:
                 self.reload()
-        state, stale = self._live.poll(LIVE_POLL_SECONDS)
+        state, stale = self._live.poll(READER.live_poll_seconds)
         if stale and self.reload():
             state, _ = self._live.refresh()
         return state
@@ -463,10 +464,6 @@ class Index:
             files += [self.manifest.augmented_file, self.manifest.graph_file]
         d["size_bytes"] = sum((self.path / f).stat().st_size for f in files if (self.path / f).exists())
         return d
-
-
-REFRESH_SECONDS = 0.2  # how often searches look for a newer generation (live writes are seen at once)
-LIVE_POLL_SECONDS = 0.05  # how often searches read the journal for other processes' writes (this one's: at once)
 
 
 def _mean(vecs: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+from dataclasses import replace
 
 import numpy as np
 from conftest import COLORS, color_vector
@@ -13,6 +14,7 @@ from conftest import COLORS, color_vector
 import simsearch
 import simsearch.index
 from simsearch.compact import compact_index, truncate_journal
+from simsearch.config.index import READER
 
 search_module = importlib.import_module("simsearch.search")  # (simsearch.search is also a function)
 search_live = importlib.import_module("simsearch.search_live")
@@ -31,7 +33,9 @@ def test_searches_wait_neither_for_an_append_nor_for_another_journal_read(colors
     teal = color_vector((0, 128, 128))
     photo = colors.item(colors.id_for_key("red/r1.png")).photos[0].abspath
     colors.put("sku-teal", [photo], {"label": "teal"}, vectors=[teal])
-    monkeypatch.setattr(simsearch.index, "LIVE_POLL_SECONDS", 0.0)  # every search is due to read the journal
+    monkeypatch.setattr(
+        simsearch.index, "READER", replace(READER, live_poll_seconds=0.0)
+    )  # every search is due to read the journal
     with colors._journal._lock:  # an append is committing (its fsync can take long on a busy disk)
         hits = _in_thread(lambda: colors.search(teal, k=1))
         assert hits is not None, "a search waited for the journal append"
@@ -42,7 +46,9 @@ def test_searches_wait_neither_for_an_append_nor_for_another_journal_read(colors
 
 
 def test_own_writes_are_seen_at_once_and_others_within_the_poll(colors, monkeypatch):
-    monkeypatch.setattr(simsearch.index, "LIVE_POLL_SECONDS", 1e9)  # searches never read the journal
+    monkeypatch.setattr(
+        simsearch.index, "READER", replace(READER, live_poll_seconds=1e9)
+    )  # searches never read the journal
     photo = colors.item(colors.id_for_key("red/r1.png")).photos[0].abspath
     colors.search(color_vector((255, 0, 0)), k=1)
     colors.put("own", [photo], {"label": "own"}, vectors=[color_vector((0, 128, 128))])
@@ -58,7 +64,7 @@ def test_own_writes_are_seen_at_once_and_others_within_the_poll(colors, monkeypa
             "theirs"
         ]
         assert colors.search(color_vector((0, 128, 128)), k=9, filter={"label": "own"}) == []
-        monkeypatch.setattr(simsearch.index, "LIVE_POLL_SECONDS", 0.0)
+        monkeypatch.setattr(simsearch.index, "READER", replace(READER, live_poll_seconds=0.0))
         other.patch("theirs", {"label": "changed"})
         assert [h.key for h in colors.search(color_vector((128, 0, 128)), k=9, filter={"label": "changed"})] == [
             "theirs"

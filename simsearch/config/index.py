@@ -31,3 +31,14 @@ class IndexSpec:
 
 
 INDEX = IndexSpec()
+
+
+@dataclass(frozen=True)
+class ReaderSpec:
+    """How an opened index sees changes made after it was opened."""
+
+    refresh_seconds: float = 0.2  # how often a ``follow=True`` reader looks for a newer generation
+    live_poll_seconds: float = 0.05  # how often searches read the journal for other processes' live writes
+
+
+READER = ReaderSpec()
