@@ -48,6 +48,7 @@ class LiveState:
     table: tuple[np.ndarray, AttributeTable] | None = None  # item ids and attributes, for filters
     by_id: dict[int, LiveItem] = field(default_factory=dict)  # the items by id
     row_of_photo: dict[int, int] = field(default_factory=dict)  # matrix row of each live photo id
+    starts: np.ndarray | None = None  # first matrix row of each item (in the table's order; rows are grouped)
     derived: dict = field(default_factory=dict, repr=False)  # per-state values the searches compute once
 
     @property
@@ -163,7 +164,9 @@ def _state(snapshot, seq, items, hidden, deleted, schema) -> LiveState:
     matrix: np.ndarray | None
     owners: np.ndarray | None
     table: tuple[np.ndarray, AttributeTable] | None
+    starts: np.ndarray | None = None
     if live:
+        starts = np.cumsum([0] + [len(it.vectors) for it in live[:-1]]).astype(np.int64)
         matrix = np.vstack([it.vectors for it in live]).astype(np.float32)
         owners = np.concatenate([np.full(len(it.vectors), it.id, np.int64) for it in live])
         photo_ids = np.concatenate([it.photo_ids for it in live])
@@ -176,5 +179,5 @@ def _state(snapshot, seq, items, hidden, deleted, schema) -> LiveState:
     rows = {} if photo_ids is None else {int(p): r for r, p in enumerate(photo_ids.tolist())}
     return LiveState(
         snapshot, seq, items, frozenset(hidden), frozenset(deleted), schema, matrix, owners, photo_ids, table,
-        by_id, rows,
+        by_id, rows, starts,
     )  # fmt: skip
