@@ -255,3 +255,12 @@ def test_live_writes_embed_and_compact_nicer_than_searches(served, monkeypatch):
     (write_thread, write_nice), (search_thread, search_nice) = seen
     assert write_thread.startswith("simsearch-embed-writes") and write_nice == min(19, base + 3)
     assert not search_thread.startswith("simsearch-embed") and search_nice == base
+
+
+def test_background_settings_are_checked():
+    from simsearch.config.serve import ServeSpec
+
+    assert ServeSpec().embed_threads == 1 and ServeSpec(embed_threads=None).embed_threads is None
+    for bad in ({"embed_threads": 0}, {"background_nice": -1}, {"background_nice": 20}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ServeSpec(**bad)
