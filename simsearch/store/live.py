@@ -166,11 +166,12 @@ def _state(snapshot, seq, items, hidden, deleted, schema) -> LiveState:
     table: tuple[np.ndarray, AttributeTable] | None
     starts: np.ndarray | None = None
     if live:
-        starts = np.cumsum([0] + [len(it.vectors) for it in live[:-1]]).astype(np.int64)
-        matrix = np.vstack([it.vectors for it in live]).astype(np.float32)
-        owners = np.concatenate([np.full(len(it.vectors), it.id, np.int64) for it in live])
+        counts = np.fromiter((len(it.vectors) for it in live), np.int64, len(live))
+        starts = np.concatenate(([0], np.cumsum(counts[:-1]))).astype(np.int64)
+        matrix = np.concatenate([it.vectors for it in live]).astype(np.float32, copy=False)  # rows are 2-d
+        ids = np.fromiter((it.id for it in live), np.int64, len(live))
+        owners = np.repeat(ids, counts)
         photo_ids = np.concatenate([it.photo_ids for it in live])
-        ids = np.array([it.id for it in live], np.int64)
         table = (ids, AttributeTable.from_rows(schema, [it.attributes for it in live]))
     else:
         matrix = owners = photo_ids = None
