@@ -16,6 +16,7 @@ import argparse
 import http.client
 import io
 import json
+import os
 import queue
 import random
 import shutil
@@ -103,6 +104,28 @@ def start_server(index: Path, port: int, extra: list[str] | None = None) -> subp
     raise SystemExit(f"the server did not start: {proc.stderr.read().decode()[-2000:]}")
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of process ``pid`` so far, by thread id (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def cpu_report(name: str, before: dict[int, float], after: dict[int, float], seconds: float, requests: int) -> str:
+    used = {t: after[t] - before.get(t, 0.0) for t in after}
+    top = sorted(used.items(), key=lambda kv: -kv[1])[:6]
+    busiest = ", ".join(f"{t}: {c:.1f}" for t, c in top)
+    total = sum(used.values())
+    return (f"server CPU, {name}: {total:.1f} s in {seconds:g} s ({total / seconds:.2f} cores), "
+            f"{1000 * total / max(requests, 1):.1f} ms per search; by thread id: {busiest}")  # fmt: skip
+
+
 def search_load(port, vectors, clients, seconds, stop_early=None) -> dict:
     lat: list[float] = []
     errors = [0]
@@ -143,30 +166,53 @@ def search_load(port, vectors, clients, seconds, stop_early=None) -> dict:
     }
 
 
-def visible(port, probe: int, present: bool, since: float, timeout=5.0) -> float | None:
-    """Seconds from ``since`` (the acknowledgement) until a search filtered on ``probe`` finds the item."""
-    t0 = since
-    zero = [0.0] * DIM[0]
-    zero[0] = 1.0
-    while time.monotonic() - t0 < timeout:
-        status, body = post_json(port, "/search", {"vector": zero, "k": 1, "filter": {"probe": probe}})
-        if status == 200 and bool(body["results"]) == present:
-            return time.monotonic() - since
-        time.sleep(POLL)
-    return None
-
-
 DIM = [0]
-POLL = 0.05  # seconds between a checker's searches: the lag is known to 50 ms, and checking adds little load
-CHECKERS = 6  # so that a check starts as soon as its write is acknowledged (a queue would add its own wait)
+POLL = 0.05  # seconds between the checker's searches: the lag is known to 50 ms
+GIVE_UP = 5.0  # seconds after its acknowledgement a write counts as not seen
 
 
 def checker(port, pending: queue.Queue, lags: list) -> None:
-    """For each acknowledged put or patch, how long until searches show it (runs beside the writer)."""
-    while (entry := pending.get()) is not None:
-        lag = visible(port, entry["probe"], True, entry["ack"])
-        entry["lag"] = lag
-        lags.append(lag)
+    """For each acknowledged put or patch, how long until searches show it (runs beside the writer).
+
+    One poller for all of them, on one connection: every :data:`POLL` seconds while writes are waiting, one
+    search filtered on the probes of all of them (each write sets a probe of its own) says which are visible; a
+    write acknowledged while none waits is looked for at once. A write's lag is from its acknowledgement to the
+    answer of the first search that shows it."""
+    vector = [1.0] + [0.0] * (DIM[0] - 1)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    waiting: dict[int, dict] = {}  # probe -> the write's log entry
+    finished = False
+    next_poll = 0.0
+    while not finished or waiting:
+        try:  # new acknowledgements: wait for one when none is waiting, else only until the next poll
+            entry = pending.get(timeout=None if not waiting else max(0.0, next_poll - time.monotonic()))
+            while True:
+                if entry is None:
+                    finished = True
+                else:
+                    waiting[entry["probe"]] = entry
+                entry = pending.get_nowait()
+        except queue.Empty:
+            pass
+        if not waiting:
+            continue
+        body = {"vector": vector, "k": len(waiting), "filter": {"probe": {"in": sorted(waiting)}}}
+        next_poll = time.monotonic() + POLL
+        conn.request("POST", "/search", json.dumps(body), {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        data = json.loads(r.read())
+        now = time.monotonic()
+        for hit in data.get("results", []) if r.status == 200 else []:
+            entry = waiting.pop(hit["attributes"].get("probe"), None)
+            if entry is not None:
+                entry["lag"] = now - entry["ack"]
+                lags.append(entry["lag"])
+        for probe, entry in list(waiting.items()):
+            if now - entry["ack"] > GIVE_UP:
+                entry["lag"] = None
+                lags.append(None)
+                del waiting[probe]
+    conn.close()
 
 
 WRITERS = 4  # writes in flight at most: the writer keeps its rate while a put waits for its photo's embedding
@@ -182,23 +228,27 @@ def writer(port, rate, seconds, log: list, pending: queue.Queue) -> None:
     lock = threading.Lock()
 
     def put(n: int, key: str) -> None:
+        t0 = time.monotonic()
         body, ctype = multipart(
             {"attributes": json.dumps({"probe": n, "label": "live"})}, [("photo", "p.jpg", photo(n))]
         )
         status, _ = request(port, "PUT", f"/items/{key}", body, {"Content-Type": ctype})
-        done("put", key, n, status)
+        done("put", key, n, status, t0)
 
     def patch(n: int, key: str) -> None:
+        t0 = time.monotonic()
         body = json.dumps({"attributes": {"probe": n}})
         status, _ = request(port, "PATCH", f"/items/{key}", body, {"Content-Type": "application/json"})
-        done("patch", key, n, status)
+        done("patch", key, n, status, t0)
 
     def delete(n: int, key: str) -> None:
+        t0 = time.monotonic()
         status, _ = request(port, "DELETE", f"/items/{key}")
-        done("delete", key, None, status)
+        done("delete", key, None, status, t0)
 
-    def done(kind: str, key: str, probe, status: int) -> None:
-        entry = {"kind": kind, "key": key, "probe": probe, "status": status, "ack": time.monotonic()}
+    def done(kind: str, key: str, probe, status: int, started: float) -> None:
+        now = time.monotonic()
+        entry = {"kind": kind, "key": key, "probe": probe, "status": status, "ack": now, "took": now - started}
         with lock:
             busy.discard(key)
             if status == 200 and kind == "put":
@@ -263,30 +313,35 @@ def main() -> None:
     server = start_server(index, port, args.serve_option)
     try:
         search_load(port, vectors, args.clients, 3)  # warm up
+        cpu0 = thread_cpu(server.pid)
         quiet = search_load(port, vectors, args.clients, args.seconds)
+        cpu1 = thread_cpu(server.pid)
         log: list[dict] = []
         lags: list[float | None] = []
         pending: queue.Queue = queue.Queue()
         w = threading.Thread(target=writer, args=(port, args.writes_per_second, args.seconds, log, pending))
-        checkers = [threading.Thread(target=checker, args=(port, pending, lags)) for _ in range(CHECKERS)]
+        check = threading.Thread(target=checker, args=(port, pending, lags))
         w.start()
-        for c in checkers:
-            c.start()
+        check.start()
         busy = search_load(port, vectors, args.clients, args.seconds)
+        cpu2 = thread_cpu(server.pid)
         w.join()
-        for _ in checkers[1:]:
-            pending.put(None)
-        for c in checkers:
-            c.join()
+        check.join()
         seen = sorted(x for x in lags if x is not None)
         failed_writes = sum(1 for e in log if e["status"] != 200)
         print("\n| phase | requests | req/s | p50 ms | p99 ms | errors |\n| --- | ---: | ---: | ---: | ---: | ---: |")
         for name, r in (("searches only", quiet), (f"with {args.writes_per_second:g} writes/s", busy)):
             print(f"| {name} | {r['requests']} | {r['rps']:.1f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['errors']} |")
+        print(f"\nserver pid {server.pid}, load {Path('/proc/loadavg').read_text().split()[:3]}")
+        print(cpu_report("searches only", cpu0, cpu1, args.seconds, quiet["requests"]))
+        print(cpu_report("with writes", cpu1, cpu2, args.seconds, busy["requests"]))
         print(f"\np99 with writes / without: {busy['p99'] / quiet['p99']:.2f} (goal <= 2)")
         print(f"writes: {len(log)} in {args.seconds:g} s = {len(log) / args.seconds:.1f}/s ({failed_writes} failed); puts and patches seen by searches: {len(seen)}/{len(lags)}, "
               f"lag after the acknowledgement p50 {statistics.median(seen) * 1000:.0f} ms, max {seen[-1] * 1000:.0f} ms, "
               f"{sum(1 for x in seen if x > 1.0)} over 1 s")  # fmt: skip
+        took = sorted(e["took"] for e in log)
+        print(f"write round trips (request to acknowledgement): p50 {statistics.median(took) * 1000:.0f} ms, "
+              f"p99 {took[int(0.99 * len(took)) - 1] * 1000:.0f} ms, max {took[-1] * 1000:.0f} ms")  # fmt: skip
         unseen = [e for e in log if e.get("kind") != "delete" and "lag" in e and e["lag"] is None]
         if unseen:  # a later write of the same key (a patch's new probe, a delete) can hide a write before it is seen
             superseded = sum(

@@ -42,25 +42,37 @@ def rank_live(
     limit: int | None = None,
 ) -> list[tuple[int, float, int]]:
     """The live segment's items by their best photo (exact: it is small), the best ``limit`` of them; ``matrix``:
-    other vectors of its photos (expanded ones, to compare with augmented queries)."""
-    if live.matrix is None or live.table is None:
+    other vectors of its photos (expanded ones, to compare with augmented queries).
+
+    Ties go to the lower item id, and within an item to its first photo. Vectorised over the items (a search
+    runs it once or twice, and the segment holds every write since the last compaction): no per-photo set
+    operations, a partial sort for the best ``limit``."""
+    if live.matrix is None or live.table is None or live.photo_ids is None or live.starts is None:
+        return []
+    if isinstance(filter, dict) and filter.get("path_prefix"):
+        return []  # live items' photos are not under the index's roots
+    ids, table = live.table
+    attr_filter = {k: v for k, v in filter.items() if k != "path_prefix"} if isinstance(filter, dict) else filter
+    ok = compile_filter(attr_filter, live.schema).mask(table) if attr_filter else None
+    if skip:
+        free = ~np.isin(ids, np.fromiter(skip, np.int64, len(skip)))
+        ok = free if ok is None else ok & free
+    cand = np.arange(len(ids)) if ok is None else np.flatnonzero(ok)
+    if len(cand) == 0:
         return []
     scores = (queries @ (live.matrix if matrix is None else matrix).T).max(axis=0)
-    ids, table = live.table
-    ok = np.ones(len(ids), bool)
-    attr_filter = {k: v for k, v in filter.items() if k != "path_prefix"} if isinstance(filter, dict) else filter
-    if isinstance(filter, dict) and filter.get("path_prefix"):
-        ok[:] = False  # live items' photos are not under the index's roots
-    elif attr_filter:
-        ok &= compile_filter(attr_filter, live.schema).mask(table)
-    allowed = ids[ok]
-    if skip:
-        allowed = allowed[~np.isin(allowed, np.fromiter(skip, np.int64))]
-    if live.owners is None or live.photo_ids is None or len(allowed) == 0:
-        return []
-    keep = np.isin(live.owners, allowed)
-    s, owners, photos = scores[keep], live.owners[keep], live.photo_ids[keep]
-    order = np.lexsort((-s, owners))  # by item, best photo first
-    first = order[np.r_[True, owners[order][1:] != owners[order][:-1]]]
-    best = first[np.argsort(-s[first], kind="stable")][:limit]
-    return [(int(owners[i]), float(s[i]), int(photos[i])) for i in best]
+    single = len(scores) == len(ids)
+    best = scores if single else np.maximum.reduceat(scores, live.starts)
+    s = best[cand]
+    if limit is not None and limit < len(cand):  # the limit-th best score; every item tied with it stays in
+        cut = np.partition(s, len(s) - limit)[len(s) - limit]
+        cand, s = cand[s >= cut], s[s >= cut]
+    order = np.lexsort((ids[cand], -s))[:limit]
+    out = []
+    for j in cand[order].tolist():
+        row = j
+        if not single:
+            stop = int(live.starts[j + 1]) if j + 1 < len(live.starts) else len(scores)
+            row = int(live.starts[j]) + int(np.argmax(scores[live.starts[j] : stop]))
+        out.append((int(ids[j]), float(best[j]), int(live.photo_ids[row])))
+    return out

@@ -51,3 +51,20 @@ def physical_memory() -> int | None:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def lower_thread_priority(nice: int) -> bool:
+    """Make the calling thread (and the threads it starts from now on) ``nice`` steps nicer than it is, so that
+    the process's other threads win the CPU when it is contended; True if done. Linux only (elsewhere the call
+    would change the whole process's priority: nothing is done), and never higher than 19."""
+    import sys
+    import threading
+
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return False
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + int(nice)))
+    except OSError:
+        return False
+    return True

@@ -165,3 +165,47 @@ def test_batched_rows_merge_live_items_as_single_searches_do(colors):
     assert [[(h.key, h.score) for h in r] for r in together] == [[(h.key, h.score) for h in r] for r in alone]
     assert together[0][0].key == "teal" and together[2][0].key == "red/r2.png"
     assert all("blue/b1.png" not in [h.key for h in r] for r in together)
+
+
+def _rank_live_by_photo(live, queries, filter, skip, matrix=None, limit=None):
+    """The live ranking spelled out photo by photo: every allowed photo's score, each item's best (first photo
+    on ties), items by score then id."""
+    ids, table = live.table
+    allowed = set(ids[search_live.compile_filter(filter, live.schema).mask(table)].tolist()) if filter else set(ids)
+    m = live.matrix if matrix is None else matrix
+    best: dict[int, tuple[float, int]] = {}
+    for row, (owner, photo) in enumerate(zip(live.owners.tolist(), live.photo_ids.tolist(), strict=True)):
+        if owner in allowed and owner not in skip:
+            s = float((queries @ m[row]).max())
+            if owner not in best or s > best[owner][0]:
+                best[owner] = (s, photo)
+    ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[:limit]
+    return [(i, s, p) for i, (s, p) in ranked]
+
+
+def test_live_ranking_is_each_items_best_photo_with_filters_skips_and_ties(colors):
+    photo = colors.item(colors.id_for_key("red/r1.png")).photos[0].abspath
+    rng = np.random.default_rng(3)
+    for n in range(12):  # items of 1-3 photos; some share vectors (ties between items and within one)
+        k = 1 + n % 3
+        vecs = [color_vector(tuple(rng.integers(0, 256, 3))) for _ in range(k)]
+        if n % 4 == 0:
+            vecs = [color_vector((255, 0, 0))] * k
+        colors.put(f"live-{n}", [photo] * k, {"label": "even" if n % 2 == 0 else "odd", "n": n}, vectors=vecs)
+    colors.patch("red/r2.png", {"n": 99})  # a stored item made live by a patch (its own photo ids)
+    live = colors.live_state()
+    assert len(live.items) == 13 and len(live.matrix) > 13
+    ids = live.table[0]
+    queries = [color_vector((255, 0, 0))[None], np.stack([color_vector((0, 255, 0)), color_vector((0, 0, 255))])]
+    cases = [(None, set()), ({"label": "even"}, set()), ({"n": {"gte": 5}}, {int(ids[6]), int(ids[7])})]
+    cases += [(None, {int(i) for i in ids[:12]}), ({"label": "nothing"}, set())]
+    for q in queries:
+        for filter, skip in cases:
+            for limit in (None, 1, 3, 5, 50):
+                got = search_live.rank_live(live, q, filter, skip, limit=limit)
+                want = _rank_live_by_photo(live, q, filter, skip, limit=limit)
+                assert [(i, p) for i, _, p in got] == [(i, p) for i, _, p in want], (filter, skip, limit)
+                assert np.allclose([s for _, s, _ in got], [s for _, s, _ in want], atol=1e-6)
+    assert search_live.rank_live(live, queries[0], {"path_prefix": "red"}, set()) == []
+    top = [h.key for h in colors.search(color_vector((255, 0, 0)), k=4)]
+    assert set(top[:4]) >= {"red/r1.png", "live-0", "live-4"}  # exact red: the stored one and the live ties

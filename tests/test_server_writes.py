@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +27,7 @@ pytest.importorskip("multipart")
 from fastapi.testclient import TestClient
 
 from simsearch.server import create_app
+from simsearch.server.state import ServiceState
 
 LOCAL = "http://localhost"
 
@@ -227,3 +229,38 @@ def test_business_rules_and_fields_in_http_bodies(served):
         assert len(r) == 4 and brands.count("a") <= 2 and brands.count("b") <= 2
         r = client.post("/search", json={**body, "max_per": {"brand": 0}})
         assert r.status_code == 422 and set(r.json()) == {"error", "detail"}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
+def test_live_writes_embed_and_compact_nicer_than_searches(served, monkeypatch):
+    """A write's photos are embedded by the background thread, ``background_nice`` steps nicer than the request
+    threads; an image search embeds in its own request thread at the searches' priority; so does compaction."""
+    seen: list[tuple[str, int]] = []
+    embed = ServiceState.embed_image
+
+    def spy(self, index, data):
+        seen.append((threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        return embed(self, index, data)
+
+    monkeypatch.setattr(ServiceState, "embed_image", spy)
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    app = create_app(served, background_nice=3)
+    with TestClient(app, base_url=LOCAL) as client:
+        assert put(client, "sku-1", 101, {"brand": "acme"}).status_code == 200
+        r = client.post("/search", files={"image": ("q.jpg", jpeg(101), "image/jpeg")}, data={"k": "1"})
+        assert r.json()["results"][0]["key"] == "sku-1"
+        compactor = app.state.simsearch._compactor
+        assert compactor is not None
+        assert os.getpriority(os.PRIO_PROCESS, compactor.native_id) == min(19, base + 3)
+    (write_thread, write_nice), (search_thread, search_nice) = seen
+    assert write_thread.startswith("simsearch-embed-writes") and write_nice == min(19, base + 3)
+    assert not search_thread.startswith("simsearch-embed") and search_nice == base
+
+
+def test_background_settings_are_checked():
+    from simsearch.config.serve import ServeSpec
+
+    assert ServeSpec().embed_threads == 1 and ServeSpec(embed_threads=None).embed_threads is None
+    for bad in ({"embed_threads": 0}, {"background_nice": -1}, {"background_nice": 20}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ServeSpec(**bad)

@@ -58,9 +58,24 @@ from ._common import command, main
     help="Fold live writes into the index this often (and at once after --compact-writes of them).",
 )
 @click.option("--compact-writes", default=SERVE.compact_writes, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--embed-threads",
+    default=SERVE.embed_threads,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Cores one image embedding uses (OpenVINO); 0: all of them.",
+)
+@click.option(
+    "--background-nice",
+    default=SERVE.background_nice,
+    show_default=True,
+    type=click.IntRange(0, 19),
+    help="How much nicer than searches live writes' embedding and compaction run (Linux; 0: as nice).",
+)
 @command
 def serve_cmd(index_path, host, port, api_key, allowed_hosts, expose_paths, allow_reload, watch, max_upload_mb,
-              max_pixels, access_log, read_only, compact_seconds, compact_writes, quiet):  # fmt: skip
+              max_pixels, access_log, read_only, compact_seconds, compact_writes, embed_threads, background_nice,
+              quiet):  # fmt: skip
     """Serve INDEX over HTTP: search API, a search page at /, OpenAPI docs at /docs."""
     try:
         from ..server import serve  # the server extra (fastapi, uvicorn) is optional
@@ -72,7 +87,7 @@ def serve_cmd(index_path, host, port, api_key, allowed_hosts, expose_paths, allo
         allow_reload=allow_reload or bool(watch), watch_seconds=watch,
         max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels,
         access_log=access_log and not quiet, preload=True, read_only=read_only, compact_seconds=compact_seconds,
-        compact_writes=compact_writes,
+        compact_writes=compact_writes, embed_threads=embed_threads or None, background_nice=background_nice,
     )  # fmt: skip
     click.echo(f"serving {index_path} on http://{host}:{port}/ (docs: /docs); Ctrl-C to stop", err=True)
     serve(index_path, spec, api_key=api_key or None, log_level="warning" if quiet else "info")

@@ -49,6 +49,12 @@ class ServeSpec:
     read_only: bool = False  # refuse live writes (PUT, PATCH, DELETE /items/{key}, POST /items/batch)
     compact_writes: int = 1000  # live writes that make the service fold its journal into the index at once
     compact_seconds: float = 30.0  # ...and, when fewer, how often it folds whatever is pending
+    # OpenVINO threads per image embedding (uploads, live writes' photos). 1: inference runs in the calling
+    # thread on one core, leaving the others to searches, and the thread's priority applies to it; None: all cores
+    embed_threads: int | None = 1
+    # niceness added to the threads that embed live writes' photos and fold the journal (Linux): under CPU
+    # contention searches are served first, and writes (a few per second) take the CPU that is left. 0: none
+    background_nice: int = 5
     batching: BatchSpec = BatchSpec()
 
     def __post_init__(self) -> None:
@@ -60,6 +66,10 @@ class ServeSpec:
             raise ValueError("watch_seconds must be positive")
         if self.compact_writes < 1 or self.compact_seconds <= 0:
             raise ValueError("compact_writes and compact_seconds must be positive")
+        if self.embed_threads is not None and self.embed_threads < 1:
+            raise ValueError("embed_threads must be positive (or None: all cores)")
+        if not 0 <= self.background_nice <= 19:
+            raise ValueError(f"background_nice must be 0..19, not {self.background_nice}")
         if isinstance(self.allowed_hosts, str):
             raise ValueError("allowed_hosts is a tuple of host names, not one string")
 

@@ -97,7 +97,7 @@ def _write(state: ServiceState, prepare) -> tuple[list[int], int]:
 
 
 def _embedded(state: ServiceState, index, photos: list[bytes]) -> np.ndarray:
-    return np.vstack([state.embed_image(index, data) for data in photos])
+    return state.embed_write_photos(index, photos)
 
 
 @router.put(

@@ -1,7 +1,10 @@
 """The service's state: the opened index (swappable by a reload), the searcher, the embedder, caches, settings.
 
 Searches run in worker threads or wait in the :class:`~simsearch.searcher.Searcher` (FAISS searches and SQLite
-reads are safe to share); image embedding runs one at a time (each call already uses every core). A reload opens
+reads are safe to share). Image embedding uses ``spec.embed_threads`` cores per call (one by default: inference
+then runs in the calling thread), as many calls at a time as fill the cores. Live writes' photos are embedded by
+one background thread, and the journal folded by another, both ``spec.background_nice`` steps nicer than the
+searches: when the CPU is contended searches are served first. A reload opens
 the newer saved index beside the current one and swaps them; requests in flight finish on the index they started
 with, which is closed once they are done.
 """
@@ -15,11 +18,13 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import faiss
+import numpy as np
 
 from ..compact import compact_index, truncate_journal
 from ..config.serve import ServeSpec
@@ -29,6 +34,7 @@ from ..images import load_image
 from ..index import Index, open_index
 from ..searcher import Searcher
 from ..store import MANIFEST, read_manifest
+from ..system import cpu_count, lower_thread_priority
 
 log = logging.getLogger("simsearch.server")
 
@@ -58,11 +64,16 @@ class ServiceState:
         self.path = Path(index_path).expanduser()
         self._lock = threading.Lock()  # guards the current lease and users counts
         self._reload_lock = threading.Lock()
-        self._embed_lock = threading.Lock()
+        threads = self.spec.embed_threads
+        self._embed_slots = threading.BoundedSemaphore(max(1, cpu_count() // threads) if threads else 1)
+        self._embed_lock = threading.Lock()  # creating a model
+        self._write_embedder = ThreadPoolExecutor(  # live writes' photos, at background priority
+            1, thread_name_prefix="simsearch-embed-writes", initializer=self._background_thread
+        )
         self._decode_slots = threading.BoundedSemaphore(4)  # bounds the memory of decoded uploads in flight
         self._backbone = backbone  # given by the caller: used again for the indexes that reloads open
         self._warm = False  # the embedder has been created: reloads create the new index's before swapping
-        self._current = _Lease(open_index(self.path, backbone=backbone))
+        self._current = _Lease(self._configure(open_index(self.path, backbone=backbone)))
         self._manifest_mtime = self._mtime()
         self._thumbs: OrderedDict = OrderedDict()
         self._thumb_lock = threading.Lock()
@@ -88,6 +99,16 @@ class ServiceState:
         return self.spec.allow_reload or bool(self.spec.watch_seconds)
 
     # -- the index, with reload
+    def _configure(self, index: Index) -> Index:
+        if self.spec.embed_threads:  # OpenVINO (other engines ignore it): one stream of this many threads
+            index.embedder_options["engine_options"] = {"threads": int(self.spec.embed_threads), "hint": "latency"}
+        return index
+
+    def _background_thread(self) -> None:
+        """Run first in the threads that embed live writes and fold the journal: nicer than the searches."""
+        self.thread_setup()
+        lower_thread_priority(self.spec.background_nice)
+
     def thread_setup(self) -> None:
         """OpenMP's thread count is per calling thread: set it in each thread that searches (once)."""
         n = self.spec.faiss_threads
@@ -132,7 +153,7 @@ class ServiceState:
             if same and not force:
                 self._manifest_mtime = mtime
                 return False
-            new = open_index(self.path)
+            new = self._configure(open_index(self.path))
             if self._backbone is not None and cur.manifest.weights_sha256 == new.manifest.weights_sha256:
                 try:  # the caller's model, for the same weights
                     new.set_backbone(self._backbone)
@@ -186,6 +207,7 @@ class ServiceState:
         self._compactor.start()
 
     def _compact_loop(self) -> None:
+        self._background_thread()
         while not self._stop.is_set():
             self._compact_now.wait(self.spec.compact_seconds)
             self._compact_now.clear()
@@ -216,6 +238,7 @@ class ServiceState:
 
     def close(self) -> None:
         self.searcher.close()
+        self._write_embedder.shutdown(wait=True, cancel_futures=True)
         self._stop.set()
         self._compact_now.set()
         if self._compactor is not None:
@@ -269,7 +292,7 @@ class ServiceState:
     def embed_image(self, index: Index, data: bytes):
         """Decode (within the pixel limit) and embed one uploaded image; raises ImageError with the reason.
 
-        Decoding runs in parallel; inference one call at a time (each already uses every core).
+        Decoding runs in parallel; inference in as many calls at a time as fill the cores.
         """
         if not data:
             raise ImageError("the uploaded file is empty")
@@ -284,9 +307,18 @@ class ServiceState:
                 raise ImageError(
                     f"image: {int(bomb.group(1)):,} pixels exceeds the pixel limit ({limit:,}) of this service"
                 ) from None
-        with self._embed_lock:
-            self._warm = True
+        with self._embed_slots:
+            with self._embed_lock:  # the first call creates the model (once)
+                index.embedder  # noqa: B018
+                self._warm = True
             return index.embed([img])[0]
+
+    def embed_write_photos(self, index: Index, photos: list[bytes]) -> np.ndarray:
+        """The vectors of a live write's photos ``(n, dim)``, embedded by the background-priority thread (this
+        thread waits for them)."""
+        return self._write_embedder.submit(
+            lambda: np.vstack([self.embed_image(index, data) for data in photos])
+        ).result()
 
     # -- files and thumbnails
     def item_file(self, index: Index, item_id: int) -> Path:

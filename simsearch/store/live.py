@@ -63,6 +63,7 @@ class LiveState:
     table: tuple[np.ndarray, AttributeTable] | None = None  # item ids and attributes, for filters
     by_id: dict[int, LiveItem] = field(default_factory=dict)  # the items by id
     row_of_photo: dict[int, int] = field(default_factory=dict)  # matrix row of each live photo id
+    starts: np.ndarray | None = None  # first matrix row of each item (in the table's order; rows are grouped)
     derived: dict = field(default_factory=dict, repr=False)  # per-state values the searches compute once
 
     @property
@@ -178,11 +179,14 @@ def _state(snapshot, seq, items, hidden, deleted, schema) -> LiveState:
     matrix: np.ndarray | None
     owners: np.ndarray | None
     table: tuple[np.ndarray, AttributeTable] | None
+    starts: np.ndarray | None = None
     if live:
-        matrix = np.vstack([it.vectors for it in live]).astype(np.float32)
-        owners = np.concatenate([np.full(len(it.vectors), it.id, np.int64) for it in live])
+        counts = np.fromiter((len(it.vectors) for it in live), np.int64, len(live))
+        starts = np.concatenate(([0], np.cumsum(counts[:-1]))).astype(np.int64)
+        matrix = np.concatenate([it.vectors for it in live]).astype(np.float32, copy=False)  # rows are 2-d
+        ids = np.fromiter((it.id for it in live), np.int64, len(live))
+        owners = np.repeat(ids, counts)
         photo_ids = np.concatenate([it.photo_ids for it in live])
-        ids = np.array([it.id for it in live], np.int64)
         table = (ids, AttributeTable.from_rows(schema, [it.attributes for it in live]))
     else:
         matrix = owners = photo_ids = None
@@ -191,5 +195,5 @@ def _state(snapshot, seq, items, hidden, deleted, schema) -> LiveState:
     rows = {} if photo_ids is None else {int(p): r for r, p in enumerate(photo_ids.tolist())}
     return LiveState(
         snapshot, seq, items, frozenset(hidden), frozenset(deleted), schema, matrix, owners, photo_ids, table,
-        by_id, rows,
+        by_id, rows, starts,
     )  # fmt: skip
