@@ -122,10 +122,11 @@ class OpenVINOEngine:
         if static is not None:  # batches of that size only (others: the general model, compiled on first use)
             try:
                 self.compiled, self.static_batch = core.compile_model(str(static), "CPU", config), int(static_batch)
-            except RuntimeError as e:
+            except RuntimeError as e:  # damaged: made again next time
                 log.warning(
                     "cannot compile the batch-%s model in %s (%s); using the general one", static_batch, entry, e
                 )
+                shutil.rmtree(static.parent, ignore_errors=True)
         try:
             if self.static_batch is None:
                 self.compiled = core.compile_model(str(model) if isinstance(model, Path) else model, "CPU", config)
