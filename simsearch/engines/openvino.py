@@ -118,8 +118,10 @@ class OpenVINOEngine:
             config["CACHE_DIR"] = str(entry / "compiled")  # OpenVINO's own compiled-blob cache
         self._config, self._general, self.static_batch = config, model, None
         t0 = time.perf_counter()
-        static = cache.static_ir(entry, static_batch, core) if static_batch and entry and not self.calibration else None
-        if static is not None:  # batches of that size only (others: the general model, compiled on first use)
+        static = None
+        if static_batch and entry is not None and self.calibration is None:
+            static = cache.static_ir(entry, static_batch, core)
+        if static is not None and static_batch:  # batches of that size only (others: the general model, later)
             try:
                 self.compiled, self.static_batch = core.compile_model(str(static), "CPU", config), int(static_batch)
             except RuntimeError as e:  # damaged: made again next time
