@@ -39,9 +39,10 @@ def ov_core() -> Any:
 
 @lru_cache(maxsize=1)
 def openvino_available() -> bool:
-    """Whether the ``openvino`` package can be imported and sees a CPU device."""
+    """Whether the ``openvino`` package can be imported and has its CPU plugin (asked of that plugin alone: listing
+    every device would also load the GPU and NPU plugins, a query start-up's worth of shared libraries)."""
     try:
-        return "CPU" in ov_core().available_devices
+        return "CPU" in ov_core().get_versions("CPU")
     except Exception:  # ImportError, or a broken install
         return False
 
