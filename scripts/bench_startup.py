@@ -18,7 +18,9 @@ For each index: ``--runs`` fresh processes of the real command (what the ``simse
 baseline of the same run, a bare ``python -c pass``. Then the breakdown of one process (the median of
 ``--breakdown-runs`` processes per phase): the same steps the command takes, timed one by one (imports of numpy,
 PIL, faiss, openvino, simsearch, the CLI; index open; model load/compile; decode + preprocess; inference; search;
-JSON output), and which heavy modules (torch, timm, torchvision, ...) the process ended up importing. The machine
+JSON output), and which heavy modules (torch, timm, torchvision, ...) the process ended up importing. The command
+itself loads the model in a thread while it opens the index (``simsearch.preload``), so its wall time is less than
+the sum of the phases; "process wall" minus "in-process total" is the interpreter's start and exit. The machine
 may be shared: the load average is printed before and after; compare figures within one run only.
 """
 
@@ -83,8 +85,11 @@ idx.live_state().snapshot.faiss  # the FAISS index and metadata are read lazily:
 mark("index open (manifest, FAISS, metadata)")
 import inspect
 from simsearch.engines.openvino import OpenVINOEngine
-if "hint" in inspect.signature(OpenVINOEngine.__init__).parameters:  # as this tree's `simsearch query` does
+params = inspect.signature(OpenVINOEngine.__init__).parameters
+if "hint" in params:  # as this tree's `simsearch query` does (its model loads in a thread, here in sequence)
     idx.embedder_options["engine_options"] = {"hint": "latency", "threads": 1}
+    if "static_batch" in params:
+        idx.embedder_options["engine_options"]["static_batch"] = 1
 idx.resolve_item(image)  # the command first looks the path up among indexed files
 mark("query lookup (is the image indexed?)")
 emb = idx.embedder

@@ -19,7 +19,6 @@ import hashlib
 import importlib
 import json
 import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -174,6 +173,8 @@ def _make_backbone(
 
 def _hub_unresolvable() -> bool:
     """True when the model hub's host name does not resolve (no network): fail at once, not after a minute of retries."""
+    import socket  # here: a query, which never downloads, need not import it
+
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE or any(os.environ.get(v) for v in PROXY_ENV):

@@ -20,6 +20,7 @@ from .config.classify import CLASSIFY
 from .config.index import READER
 from .embed import Embedder, cached_embedder_for_index, embedder_for_index
 from .errors import SimsearchError
+from .preload import PendingEmbedder
 from .rules import Rules
 from .search import Hit, allowed_items, check_vector, recommend, search, search_vectors
 from .store import MANIFEST, Item, Manifest, Snapshot, published_generation, read_manifest, writer_lock
@@ -68,6 +69,7 @@ class Index:
         self.report = report  # the build run that produced this index, when opened by simsearch.build_index
         self._backbone = backbone
         self._embedder: Embedder | None = None
+        self._pending: PendingEmbedder | None = None
         self.embedder_options: dict = dict(embedder_options or {})
 
     @classmethod
@@ -133,12 +135,20 @@ class Index:
         assert self._backbone is not None
         return self._backbone
 
+    def adopt_embedder(self, pending: PendingEmbedder | None) -> None:
+        """Use an embedder being made in the background (:func:`simsearch.preload.preload_embedder`), waited for
+        on first use, if it embeds as this index does with these ``embedder_options``."""
+        self._pending = pending
+
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
+            pending, self._pending = self._pending, None
+            if pending is not None and self._backbone is None:
+                self._embedder = pending.result(self.manifest, self.embedder_options)
             # the engine, precision and decoding recorded at index time; without loading torch when the
             # OpenVINO model converted from the index's weights is cached
-            if self._backbone is None:
+            if self._embedder is None and self._backbone is None:
                 self._embedder = cached_embedder_for_index(self.manifest, **self.embedder_options)
             if self._embedder is None:
                 self._embedder, _ = embedder_for_index(

@@ -1,4 +1,5 @@
-"""What this machine offers the process: usable CPUs and CPU features (base layer; the one place that asks).
+"""What this machine offers the process: usable CPUs, CPU features and installed package versions (base layer; the
+one place that asks).
 
 Every module that sizes a thread pool, an inference engine or a data loader calls :func:`cpu_count`, so that
 the affinity mask and the container's CPU quota are respected everywhere (``os.cpu_count()`` counts the host's
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from functools import lru_cache
+import sys
+import threading
+from functools import cache, lru_cache
 from pathlib import Path
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -57,9 +60,6 @@ def lower_thread_priority(nice: int) -> bool:
     """Make the calling thread (and the threads it starts from now on) ``nice`` steps nicer than it is, so that
     the process's other threads win the CPU when it is contended; True if done. Linux only (elsewhere the call
     would change the whole process's priority: nothing is done), and never higher than 19."""
-    import sys
-    import threading
-
     if nice <= 0 or not sys.platform.startswith("linux"):
         return False
     tid = threading.get_native_id()
@@ -68,3 +68,29 @@ def lower_thread_priority(nice: int) -> bool:
     except OSError:
         return False
     return True
+
+
+@cache
+def package_version(name: str) -> str | None:
+    """The installed version of the distribution ``name`` (None: not installed), as ``importlib.metadata.version``
+    gives it, read from the ``<name>-<version>.dist-info`` folder name where there is one: importing
+    ``importlib.metadata`` (email parser, zipfile, csv...) and parsing the metadata costs a query start-up more
+    than the whole look-up."""
+    wanted = _normalised(name)
+    for entry in sys.path:
+        with contextlib.suppress(OSError), os.scandir(entry or ".") as found:
+            for d in found:
+                base, dot, ext = d.name.rpartition(".")
+                dist, dash, ver = base.partition("-")
+                if dot and ext == "dist-info" and dash and ver and _normalised(dist) == wanted:
+                    return ver
+    from importlib.metadata import PackageNotFoundError, version  # an egg-info or zipped install
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def _normalised(name: str) -> str:
+    return name.lower().replace("-", "_").replace(".", "_")

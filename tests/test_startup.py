@@ -7,6 +7,8 @@ The speed itself is measured by ``scripts/bench_startup.py``.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -23,6 +25,8 @@ from simsearch import engines
 from simsearch.embed import cached_embedder_for_index
 from simsearch.engines import create_engine
 from simsearch.errors import BackboneError
+from simsearch.preload import preload_embedder
+from simsearch.system import package_version
 
 HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None and engines.openvino_available()
 needs_openvino = pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino is not installed or sees no CPU")
@@ -175,3 +179,79 @@ def test_openvino_runtime_defers_its_conversion_api():
     )
     proc = run_python(code)
     assert proc.returncode == 0, proc.stderr
+
+
+@needs_openvino
+def test_a_one_image_model_is_made_once_remade_when_its_source_changes_and_never_trusted_damaged(
+    tiny_backbone, tmp_path, monkeypatch
+):
+    """``static_batch=1`` (what a one-image query asks): a batch-1 copy of the cached IR, with the same vectors."""
+    monkeypatch.setenv("SIMSEARCH_CACHE_DIR", str(tmp_path / "cache"))
+    general = create_engine(tiny_backbone, "openvino", "fp32")
+
+    def one_image_engine():
+        return create_engine(tiny_backbone, "openvino", "fp32", hint="latency", threads=1, static_batch=1)
+
+    one = one_image_engine()
+    assert one.static_batch == 1 and one.compiled.inputs[0].partial_shape.is_static
+    (entry,) = [p.parent for p in (tmp_path / "cache" / "openvino").glob("*/batch-1")]
+    copy = entry / "batch-1" / "model.xml"
+    x = np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    np.testing.assert_allclose(one(x[:1]), general(x[:1]), atol=1e-6)
+    made = copy.stat().st_mtime_ns
+    assert one_image_engine().static_batch == 1 and copy.stat().st_mtime_ns == made  # reused, not made again
+    # another size: the general model from then on, same vectors
+    np.testing.assert_allclose(one(x), general(x), atol=1e-6)
+    assert one.static_batch is None and not one.compiled.inputs[0].partial_shape.is_static
+    np.testing.assert_allclose(one(x[:1]), general(x[:1]), atol=1e-6)
+    # the IR it was made from changed (converted again): made again from it
+    stat = (entry / "model.xml").stat()
+    os.utime(entry / "model.xml", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert one_image_engine().static_batch == 1 and copy.stat().st_mtime_ns != made
+    # damaged: not used (the general model answers) and removed, so that the next query makes it again
+    copy.write_text("<net>damaged")
+    damaged = one_image_engine()
+    assert damaged.static_batch is None and not copy.exists()
+    np.testing.assert_allclose(damaged(x[:1]), general(x[:1]), atol=1e-6)
+    assert one_image_engine().static_batch == 1 and copy.exists()
+
+
+@needs_openvino
+def test_a_new_photo_query_loads_the_model_while_the_index_opens(ov_index, tmp_path):
+    image = new_photo(SAMPLE / "animals" / "dogs_at_window.jpg", tmp_path / "new.jpg")  # outside the index's folder
+    options = {"engine_options": {"hint": "latency", "threads": 1, "static_batch": 1}}
+    pending = preload_embedder(ov_index, [image], options)
+    assert pending is not None
+    with simsearch.open_index(ov_index) as plain:
+        expected = plain.embed([image])
+    with simsearch.open_index(ov_index) as idx:
+        idx.embedder_options.update(options)
+        idx.adopt_embedder(pending)
+        assert idx.embedder is pending.result(idx.manifest, options) and idx.embedder.engine.static_batch == 1
+        np.testing.assert_allclose(idx.embed([image]), expected, atol=1e-6)
+        # made for another embedding (a new generation with other weights) or other options: not adopted
+        other = dataclasses.replace(idx.manifest, weights_sha256="0" * 64)
+        assert pending.result(other, options) is None and pending.result(idx.manifest, {}) is None
+    # a photo inside the indexed folder may be an indexed one, whose query needs no model: nothing is loaded
+    assert preload_embedder(ov_index, [next((SAMPLE / "flowers").glob("*.jpg"))], options) is None
+    assert preload_embedder(tmp_path / "no-index", [image], options) is None
+
+
+def test_package_versions_are_those_of_importlib_metadata():
+    for name in ("numpy", "pillow", "Pillow", "faiss-cpu", "click"):
+        assert package_version(name) == importlib.metadata.version(name)
+    assert package_version("no-such-package-simsearch") is None
+
+
+def test_a_cli_process_leaves_its_objects_to_the_os_at_exit(tmp_path):
+    """No last garbage collections over everything a command loaded (a third of a second under load): frozen."""
+    code = (
+        "import atexit, gc, sys\n"
+        "atexit.register(lambda: print('FROZEN', gc.get_freeze_count() > 0))\n"  # runs after the CLI's own
+        "from simsearch.cli import main\n"
+        "sys.argv[0] = 'simsearch'\n"
+        "main()\n"
+    )
+    proc = run_python(code, "info", str(tmp_path / "no-index"))
+    assert proc.returncode == 1 and "no index at" in proc.stderr
+    assert "FROZEN True" in proc.stdout

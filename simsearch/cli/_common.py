@@ -3,7 +3,9 @@ errors), and plain-text tables."""
 
 from __future__ import annotations
 
+import atexit
 import functools
+import gc
 import importlib
 import json
 import logging
@@ -26,6 +28,14 @@ def setup_logging(quiet: bool) -> None:
     log.propagate = False
 
 
+@functools.cache
+def skip_final_collection() -> None:
+    """At interpreter exit, freeze the objects of the run instead of letting the interpreter's last collections
+    walk them all (a third of a second under load, for the few MB they hold that the OS frees at once): files and
+    indexes are closed by the commands themselves, never by garbage collection. Registered once per process."""
+    atexit.register(gc.freeze)
+
+
 def command(fn):
     """Common options (--json, --quiet) and error handling: user errors are one line on stderr, exit 1."""
 
@@ -34,6 +44,7 @@ def command(fn):
     @functools.wraps(fn)
     def wrapper(*args, as_json: bool, quiet: bool, **kwargs):
         setup_logging(quiet)
+        skip_final_collection()
         try:
             result = fn(*args, quiet=quiet, **kwargs)
         except SimsearchError as e:

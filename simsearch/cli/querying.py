@@ -10,6 +10,7 @@ from ..config import LIMITS
 from ..errors import SimsearchError
 from ..gallery import write_query_gallery
 from ..index import open_index
+from ..preload import preload_embedder
 from ..rules import Rules
 from ._common import command, hits_text, main
 
@@ -81,9 +82,14 @@ def query_cmd(
     if not images and not ids and not keys:
         raise SimsearchError("give a query image or --id ITEM (or --key KEY)")
     filter, rules = _filter_and_rules(where, label, path_prefix, fields, max_per, collapse_duplicates)
+    # one inference request: compile the model for one stream and one image only (less to load, and its kernels
+    # are made while compiling)
+    options = {"engine_options": {"hint": "latency", "threads": 1, "static_batch": 1}} if len(images) == 1 else {}
+    # a new photo: the model loads in a thread while the index is read and the photo decoded
+    pending = preload_embedder(index_path, images, options) if images else None
     with open_index(index_path) as idx:
-        if len(images) == 1:  # one inference request: compile the model for one stream only (less to load)
-            idx.embedder_options["engine_options"] = {"hint": "latency", "threads": 1}
+        idx.embedder_options.update(options)
+        idx.adopt_embedder(pending)
         for key in keys:
             if idx.resolve_item(key) is None:
                 raise SimsearchError(f"no item with key {key!r} in {index_path}")

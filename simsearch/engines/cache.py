@@ -19,13 +19,12 @@ import tempfile
 import time
 import warnings
 from collections.abc import Sequence
-from functools import cache
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from ..backbones import Backbone, weights_digest
 from ..errors import BackboneError
+from ..system import package_version
 
 log = logging.getLogger("simsearch")
 
@@ -43,12 +42,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "simsearch"
 
 
-@cache
 def _version_of(pkg: str) -> str:
-    try:
-        return version(pkg)
-    except PackageNotFoundError:
-        return "?"
+    return package_version(pkg) or "?"
 
 
 def ir_entry(weights_sha256: str, arch: str, input_size: Sequence[int]) -> Path:
@@ -72,6 +67,48 @@ def cached_ir(weights_sha256: str, arch: str, input_size: Sequence[int]) -> Path
     """The cached OpenVINO model (``model.xml``) converted from these weights, if there is one."""
     xml = ir_entry(weights_sha256, arch, input_size) / "model.xml"
     return xml if xml.exists() and xml.with_suffix(".bin").exists() else None
+
+
+def static_ir(entry: Path, batch: int, core: Any) -> Path | None:
+    """The entry's model with its batch fixed to ``batch`` (``<entry>/batch-<n>/model.xml``), made once from the
+    entry's IR and remade whenever that IR changes (its size and mtime are recorded beside it); None if it cannot
+    be made. ``core``: the process's ``openvino.Core``.
+
+    With every shape known, OpenVINO creates the model's kernels when compiling (and keeps them in its compiled
+    cache) rather than on the first inference: a one-image query can then compile while it reads the index."""
+    folder = entry / f"batch-{int(batch)}"
+    xml = folder / "model.xml"
+    stamp = _stamp(entry / "model.xml", entry / "model.bin")
+    if stamp is None:
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads((folder / "source.json").read_text()) == stamp and xml.with_suffix(".bin").exists():
+            return xml
+    import openvino as ov
+
+    tmp = None
+    try:
+        model = core.read_model(str(entry / "model.xml"))
+        model.reshape({model.inputs[0]: ov.PartialShape([int(batch), *list(model.inputs[0].partial_shape)[1:]])})
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=entry))
+        ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
+        (tmp / "source.json").write_text(json.dumps(stamp))
+        shutil.rmtree(folder, ignore_errors=True)  # a stale one
+        os.replace(tmp, folder)
+        return xml
+    except (OSError, RuntimeError) as e:  # read-only cache, another process replacing it...: the dynamic model
+        log.debug("cannot make the batch-%d model in %s (%s)", batch, entry, e)
+        return None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _stamp(*files: Path) -> list | None:
+    try:
+        return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    except OSError:
+        return None
 
 
 def convert(backbone: Backbone) -> Any:

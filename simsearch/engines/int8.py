@@ -21,7 +21,6 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from ..backbones import Backbone
 from ..config.embedding import INT8, Int8Spec
 from ..errors import BackboneError, ImageError
 from ..images import IMAGE_EXTENSIONS
+from ..system import package_version
 from . import cache
 from .transform import Preprocessor
 
@@ -95,11 +95,7 @@ def int8_entry(fp32_entry: Path, digest: str, spec: Int8Spec = INT8) -> Path:
 
 
 def nncf_available() -> bool:
-    try:
-        version("nncf")
-        return True
-    except PackageNotFoundError:
-        return False
+    return package_version("nncf") is not None
 
 
 def quantize(model: Any, inputs: np.ndarray, spec: Int8Spec = INT8) -> Any:
@@ -214,10 +210,7 @@ def _store(model: Any, entry: Path, record: dict, spec: Int8Spec) -> tuple[Any, 
 
 
 def _nncf_version() -> str:
-    try:
-        return version("nncf")
-    except PackageNotFoundError:
-        return "?"
+    return package_version("nncf") or "?"
 
 
 def _prune(fp32_entry: Path, keep: Path) -> None:

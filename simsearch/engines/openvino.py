@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import shutil
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -38,9 +39,10 @@ def ov_core() -> Any:
 
 @lru_cache(maxsize=1)
 def openvino_available() -> bool:
-    """Whether the ``openvino`` package can be imported and sees a CPU device."""
+    """Whether the ``openvino`` package can be imported and has its CPU plugin (asked of that plugin alone: listing
+    every device would also load the GPU and NPU plugins, a query start-up's worth of shared libraries)."""
     try:
-        return "CPU" in ov_core().available_devices
+        return "CPU" in ov_core().get_versions("CPU")
     except Exception:  # ImportError, or a broken install
         return False
 
@@ -67,6 +69,11 @@ class OpenVINOEngine:
     bf16 by itself on CPUs that have it). ``int8`` runs the backbone quantised by NNCF (:mod:`.int8`) on
     ``calibration`` (a :class:`~simsearch.engines.int8.CalibrationSet`, or an index's recorded calibration; None:
     the bundled sample photos); :attr:`calibration` is then its record.
+
+    ``static_batch`` (fp32/bf16): compile the model with its batch fixed to that size (:func:`.cache.static_ir`):
+    OpenVINO then makes its kernels while compiling, not on the first inference, e.g. for a one-image query that
+    compiles in a thread while it reads the index. Batches of another size (and :meth:`stream`) switch to the
+    general model, compiled then.
     """
 
     name = "openvino"
@@ -80,6 +87,7 @@ class OpenVINOEngine:
         threads: int | None = None,
         hint: str = "throughput",
         calibration: Any = None,
+        static_batch: int | None = None,
     ):
         import openvino as ov
 
@@ -109,9 +117,22 @@ class OpenVINOEngine:
         }
         if entry is not None:
             config["CACHE_DIR"] = str(entry / "compiled")  # OpenVINO's own compiled-blob cache
+        self._config, self._general, self.static_batch = config, model, None
         t0 = time.perf_counter()
+        static = None
+        if static_batch and entry is not None and self.calibration is None:
+            static = cache.static_ir(entry, static_batch, core)
+        if static is not None and static_batch:  # batches of that size only (others: the general model, later)
+            try:
+                self.compiled, self.static_batch = core.compile_model(str(static), "CPU", config), int(static_batch)
+            except RuntimeError as e:  # damaged: made again next time
+                log.warning(
+                    "cannot compile the batch-%s model in %s (%s); using the general one", static_batch, entry, e
+                )
+                shutil.rmtree(static.parent, ignore_errors=True)
         try:
-            self.compiled = core.compile_model(str(model) if isinstance(model, Path) else model, "CPU", config)
+            if self.static_batch is None:
+                self.compiled = core.compile_model(str(model) if isinstance(model, Path) else model, "CPU", config)
         except RuntimeError:
             if entry is None or self.calibration is not None:
                 raise
@@ -119,6 +140,7 @@ class OpenVINOEngine:
             shutil.rmtree(entry, ignore_errors=True)
             model, entry = cache.load_or_convert(backbone)
             config.pop("CACHE_DIR", None)
+            self._general = model
             self.compiled = core.compile_model(str(model) if isinstance(model, Path) else model, "CPU", config)
         log.debug("compiled the OpenVINO model in %.2f s", time.perf_counter() - t0)
         effective = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
@@ -127,6 +149,19 @@ class OpenVINOEngine:
             self.precision = "int8"
         self.requests = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self._idle: queue.SimpleQueue = queue.SimpleQueue()  # infer requests for synchronous calls
+        self._switch = threading.Lock()
+
+    def _model_for(self, n: int | None) -> tuple[Any, queue.SimpleQueue]:
+        """(compiled model, its idle infer requests) for a batch of ``n`` images (None: any size). A model compiled
+        for ``static_batch`` images gives way to the general one, for good, at the first batch of another size."""
+        with self._switch:
+            if self.static_batch is not None and n != self.static_batch:
+                model = self._general
+                compiled = ov_core().compile_model(
+                    str(model) if isinstance(model, Path) else model, "CPU", self._config
+                )
+                self.compiled, self._idle, self.static_batch = compiled, queue.SimpleQueue(), None
+            return self.compiled, self._idle
 
     def settings(self) -> dict[str, str]:
         return {"engine": self.name, "precision": self.precision}
@@ -135,15 +170,16 @@ class OpenVINOEngine:
         x = as_array(batch)
         if len(x) == 0:
             return np.zeros((0, self.dim), np.float32)
+        compiled, idle = self._model_for(len(x))
         try:
-            request = self._idle.get_nowait()
+            request = idle.get_nowait()
         except queue.Empty:
-            request = self.compiled.create_infer_request()
+            request = compiled.create_infer_request()
         try:
             request.infer({0: x})
             return l2_normalize(request.get_output_tensor(0).data)
         finally:
-            self._idle.put(request)
+            idle.put(request)
 
     def stream(self, batches: Iterable[tuple[Any, Batch | None]]) -> Iterator[tuple[Any, np.ndarray]]:
         """Infer ``(key, batch)`` pairs asynchronously; yields ``(key, vectors)`` in the order given.
@@ -151,7 +187,7 @@ class OpenVINOEngine:
         At most :attr:`requests` batches are in flight; the next one is taken from ``batches`` (e.g. decoded
         meanwhile by worker threads) as soon as a request is free.
         """
-        jobs = self._ov.AsyncInferQueue(self.compiled, self.requests)
+        jobs = self._ov.AsyncInferQueue(self._model_for(None)[0], self.requests)
         done: dict[int, np.ndarray] = {}
         errors: list[BaseException] = []
 
@@ -194,5 +230,5 @@ def _raise_first(errors: list[BaseException]) -> None:
 
 
 def create(backbone: Backbone, precision: str, batch_size: int | None, **options: Any) -> OpenVINOEngine:
-    """The registry's factory (``options``: ``threads``, ``hint``)."""
+    """The registry's factory (``options``: ``threads``, ``hint``, ``calibration``, ``static_batch``)."""
     return OpenVINOEngine(backbone, precision, batch_size, **options)

@@ -1,0 +1,85 @@
+"""Loading an index's model in the background while the index is read (query start-up, issue 15).
+
+A fresh ``simsearch query INDEX NEW.jpg`` spends a third of its time importing OpenVINO, compiling the cached
+model and running it once, and another third importing FAISS, reading the index and decoding the photo. OpenVINO
+compiles and infers without holding the GIL, so :func:`preload_embedder` starts the first part in a thread, from
+the manifest alone, before the index is opened; the index then adopts the result
+(:meth:`PendingEmbedder.result`) only if it embeds exactly as that manifest said (a writer may publish another
+generation in between). Vectors are those of the embedder the index would have made itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .embed import Embedder, cached_embedder_for_index
+from .engines import openvino_available
+from .store import Manifest, existing_index, read_manifest
+
+log = logging.getLogger("simsearch")
+
+
+def embedding_of(m: Manifest) -> tuple:
+    """What determines how an index embeds new images (two manifests equal here embed alike)."""
+    return (m.backbone, m.arch, m.weights_sha256, m.preprocessing, m.dim, (m.extra or {}).get("embedding"))
+
+
+class PendingEmbedder:
+    """The torch-free embedder of a manifest (:func:`~simsearch.embed.cached_embedder_for_index`, with the
+    embedder ``options``), being made in a (non-daemon) thread."""
+
+    def __init__(self, manifest: Manifest, options: dict[str, Any]):
+        self.manifest = manifest
+        self.options = dict(options)
+        self._embedder: Embedder | None = None
+        # OpenVINO is imported here, in the caller's thread: importing holds the GIL wherever it runs, and the
+        # thread's compile, which does not, then starts at once
+        openvino_available()
+        self._thread = threading.Thread(target=self._load, name="simsearch-preload")
+        self._thread.start()
+
+    def _load(self) -> None:
+        try:
+            self._embedder = cached_embedder_for_index(self.manifest, **self.options)
+        except Exception as e:  # the index then makes its embedder itself, and reports what is wrong
+            log.debug("preloading the model failed (%s)", e)
+
+    def result(self, manifest: Manifest, options: dict[str, Any]) -> Embedder | None:
+        """The embedder, once made, if it embeds as ``manifest`` says with these embedder ``options``; else None."""
+        self._thread.join()
+        if embedding_of(manifest) != embedding_of(self.manifest) or dict(options) != self.options:
+            return None
+        return self._embedder
+
+    def wait(self) -> None:
+        self._thread.join()
+
+
+def outside_roots(manifest: Manifest, image: str | Path) -> bool:
+    """Whether ``image`` is a file outside every folder the index was built from, hence surely not an indexed
+    photo: a query of it embeds it (an indexed photo's query reads its stored vector and needs no model)."""
+    with contextlib.suppress(OSError, RuntimeError):
+        p = Path(image).expanduser()
+        if p.is_file():
+            real = p.resolve()
+            return not any(real.is_relative_to(Path(r).resolve()) for r in manifest.roots)
+    return False
+
+
+def preload_embedder(
+    index_path: str | Path, images: Sequence[str | Path], options: dict[str, Any]
+) -> PendingEmbedder | None:
+    """Start making the embedder of the index at ``index_path`` when ``images`` includes a new photo (one outside
+    the index's folders); None when there is none, or the index cannot be read (opening it will say why)."""
+    try:
+        manifest = read_manifest(existing_index(index_path))
+    except Exception:
+        return None
+    if not any(outside_roots(manifest, im) for im in images):
+        return None
+    return PendingEmbedder(manifest, options)
