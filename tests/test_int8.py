@@ -58,11 +58,20 @@ def test_quantised_model_round_trips_through_the_cache(tiny_backbone, cache, mon
     def no_quantising(*a, **k):
         raise AssertionError("quantised again instead of loading the cached model")
 
+    def no_decoding(*a, **k):
+        raise AssertionError("decoded the calibration photos although their model is cached")
+
     monkeypatch.setattr(int8, "quantize", no_quantising)
+    monkeypatch.setattr(int8, "calibration_inputs", no_decoding)  # the digest is of the files: no decoding
     for again in (record, int8.calibration_set([])):  # by the recorded digest, and by the same photos
         second = OpenVINOEngine(tiny_backbone, "int8", calibration=again)
         assert second.calibration == record
         np.testing.assert_allclose(embed(second, tiny_backbone), v1, atol=1e-6)
+    # the digest names the photos and how they become inputs: another photo, or full decoding, is another model
+    digest = int8.calibration_digest
+    assert digest(tiny_backbone, cal) == record["digest"]
+    assert digest(tiny_backbone, int8.CalibrationSet(cal.paths[:-1] + cal.paths[:1], "sample")) != record["digest"]
+    assert digest(tiny_backbone, int8.CalibrationSet(cal.paths, "sample", draft=False)) != record["digest"]
     other = {**record, "digest": "0" * 64, "source": "collection"}
     with pytest.raises(SimsearchError, match="not in this machine's model cache"):
         OpenVINOEngine(tiny_backbone, "int8", calibration=other)
