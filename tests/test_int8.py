@@ -77,6 +77,17 @@ def test_quantised_model_round_trips_through_the_cache(tiny_backbone, cache, mon
         OpenVINOEngine(tiny_backbone, "int8", calibration=other)
 
 
+def test_a_sample_calibration_missing_from_the_cache_is_quantised_again_under_its_recorded_digest(tiny_backbone, cache):
+    recorded = {"digest": "1" * 64, "count": len(PHOTOS), "source": "sample"}  # e.g. an older way of naming it
+    again = OpenVINOEngine(tiny_backbone, "int8", calibration=recorded)
+    assert again.calibration == recorded  # the index's record stays valid
+    metas = [json.loads(p.read_text()) for p in cache.glob("openvino/*/int8-*/meta.json")]
+    assert recorded["digest"] in [m["digest"] for m in metas]
+    same_photos = OpenVINOEngine(tiny_backbone, "int8", calibration=int8.calibration_set([]))
+    assert same_photos.calibration["digest"] != recorded["digest"]
+    np.testing.assert_allclose(embed(again, tiny_backbone), embed(same_photos, tiny_backbone), atol=1e-5)
+
+
 def test_int8_index_refuses_other_precisions(tiny_backbone, cache, tmp_path):
     out = tmp_path / "idx"
     with simsearch.build_index(
