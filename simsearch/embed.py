@@ -262,6 +262,8 @@ def embedder_for_index(
     (:func:`~simsearch.engines.auto_precision.choose_precision`).
     """
     rec = recorded_settings(extra, count, where)
+    if rec is not None:
+        rec.check_known(where)
     if engine is not None and not isinstance(engine, str):
         use_draft = draft if draft is not None else (rec.draft if rec else True)
         emb = Embedder(backbone, engine=engine, precision=precision, draft=use_draft, **kwargs)

@@ -375,6 +375,26 @@ def test_indexes_without_recorded_settings_use_the_reference(image_folder, tmp_p
         assert idx.embedder.settings() == EmbeddingSettings("torch", "fp32", draft=False)
 
 
+def test_an_index_of_a_precision_this_version_does_not_know_says_upgrade(image_folder, tmp_path):
+    from click.testing import CliRunner
+
+    from simsearch.cli import main
+
+    out = tmp_path / "index"
+    build_index([image_folder], out, backbone=TINY, engine="torch", precision="fp32", batch_size=4)
+    m = json.loads((out / MANIFEST).read_text())
+    m["extra"]["embedding"]["precision"] = "int4"  # as a newer simsearch could write
+    (out / MANIFEST).write_text(json.dumps(m))
+    new = image_folder / "cats" / "c9.jpg"
+    write_image(new, seed=99)
+    for args in (["index", str(image_folder), "--out", str(out), "--backbone", TINY], ["query", str(out), str(new)]):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code != 0 and "newer simsearch" in r.output and "Upgrade simsearch" in r.output, r.output
+        assert "'int4'" in r.output and len(r.output.strip().splitlines()) == 1, r.output  # one line, no traceback
+    r = CliRunner().invoke(main, ["info", str(out)])  # reading it needs no embedding
+    assert r.exit_code == 0 and "int4" in r.output, r.output
+
+
 def test_cli_engine_options(image_folder, tmp_path):
     from click.testing import CliRunner
 

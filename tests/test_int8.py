@@ -58,14 +58,34 @@ def test_quantised_model_round_trips_through_the_cache(tiny_backbone, cache, mon
     def no_quantising(*a, **k):
         raise AssertionError("quantised again instead of loading the cached model")
 
+    def no_decoding(*a, **k):
+        raise AssertionError("decoded the calibration photos although their model is cached")
+
     monkeypatch.setattr(int8, "quantize", no_quantising)
+    monkeypatch.setattr(int8, "calibration_inputs", no_decoding)  # the digest is of the files: no decoding
     for again in (record, int8.calibration_set([])):  # by the recorded digest, and by the same photos
         second = OpenVINOEngine(tiny_backbone, "int8", calibration=again)
         assert second.calibration == record
         np.testing.assert_allclose(embed(second, tiny_backbone), v1, atol=1e-6)
+    # the digest names the photos and how they become inputs: another photo, or full decoding, is another model
+    digest = int8.calibration_digest
+    assert digest(tiny_backbone, cal) == record["digest"]
+    assert digest(tiny_backbone, int8.CalibrationSet(cal.paths[:-1] + cal.paths[:1], "sample")) != record["digest"]
+    assert digest(tiny_backbone, int8.CalibrationSet(cal.paths, "sample", draft=False)) != record["digest"]
     other = {**record, "digest": "0" * 64, "source": "collection"}
     with pytest.raises(SimsearchError, match="not in this machine's model cache"):
         OpenVINOEngine(tiny_backbone, "int8", calibration=other)
+
+
+def test_a_sample_calibration_missing_from_the_cache_is_quantised_again_under_its_recorded_digest(tiny_backbone, cache):
+    recorded = {"digest": "1" * 64, "count": len(PHOTOS), "source": "sample"}  # e.g. an older way of naming it
+    again = OpenVINOEngine(tiny_backbone, "int8", calibration=recorded)
+    assert again.calibration == recorded  # the index's record stays valid
+    metas = [json.loads(p.read_text()) for p in cache.glob("openvino/*/int8-*/meta.json")]
+    assert recorded["digest"] in [m["digest"] for m in metas]
+    same_photos = OpenVINOEngine(tiny_backbone, "int8", calibration=int8.calibration_set([]))
+    assert same_photos.calibration["digest"] != recorded["digest"]
+    np.testing.assert_allclose(embed(again, tiny_backbone), embed(same_photos, tiny_backbone), atol=1e-5)
 
 
 def test_int8_index_refuses_other_precisions(tiny_backbone, cache, tmp_path):

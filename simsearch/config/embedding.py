@@ -18,6 +18,7 @@ from ..errors import IndexFormatError
 DEFAULT_BACKBONE = "efficientnet_lite0"
 AUTO = "auto"
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
+RECORDED_PRECISIONS = tuple(p for p in PRECISIONS if p != AUTO)  # what an index's vectors can be made with
 EMBEDDING_KEY = "embedding"  # manifest.extra key
 KEEP_FP32 = ("none", "first_last")
 
@@ -114,6 +115,19 @@ class EmbeddingSettings:
             other.draft,
             (other.calibration or {}).get("digest"),
         )
+
+    def check_known(self, where: str = "manifest") -> None:
+        """Refuse, saying to upgrade, to embed for an index whose precision this version does not know.
+
+        Such an index was written by a newer simsearch: its vectors cannot be reproduced here, and mixing them with
+        any other kind would silently spoil its results. (Versions before int8 refuse an int8 index only when
+        they embed, with ``ValueError: precision must be one of auto, fp32, bf16, not 'int8'``.)"""
+        if self.precision not in RECORDED_PRECISIONS:
+            raise IndexFormatError(
+                f"{where} was embedded with precision {self.precision!r}, which this version of simsearch does not "
+                f"know (it knows {', '.join(RECORDED_PRECISIONS)}): the index was written by a newer simsearch. "
+                f"Upgrade simsearch (pip install -U simsearch) to add images to it or to query it with new images"
+            )
 
     def describe(self) -> str:
         draft = "reduced-size JPEG decoding" if self.draft else "full JPEG decoding"

@@ -3,7 +3,7 @@
 The backbone's OpenVINO model (:mod:`.cache`) is quantised with ``nncf.quantize`` on a calibration set: about
 :attr:`~simsearch.config.embedding.Int8Spec.calibration_size` photos spread over the collection being indexed, or
 the bundled sample photos when the collection is tiny (:func:`calibration_set`). The calibration's digest (of the
-exact model inputs) names the quantised model: it is stored in the fp32 model's cache entry as
+photos' bytes and the preprocessing that makes them model inputs: :func:`calibration_digest`) names the quantised model: it is stored in the fp32 model's cache entry as
 ``int8-<key>/model.xml`` (key: calibration digest + quantiser settings), recorded in the index's manifest, and
 looked up by it when the index's new images and queries are embedded. ``nncf`` is imported only to quantise.
 """
@@ -38,6 +38,7 @@ log = logging.getLogger("simsearch")
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample"  # the bundled photos, one folder per label
 INT8_FORMAT = 1  # bump when the way models are quantised changes
+CALIBRATION_DIGEST = 2  # how calibration_digest names photos (1, before: a hash of the decoded model inputs)
 INT8_ENTRIES = 4  # quantised models kept per fp32 model (least recently used ones are removed)
 INSTALL = "pip install 'simsearch[int8]'"
 
@@ -71,8 +72,30 @@ def calibration_set(paths: Sequence[str | Path], spec: Int8Spec = INT8, *, draft
     return CalibrationSet(tuple(picked), "collection", draft)
 
 
-def calibration_inputs(backbone: Backbone, cal: CalibrationSet) -> tuple[np.ndarray, str]:
-    """The model inputs of the calibration photos that decode, and their digest."""
+def calibration_digest(backbone: Backbone, cal: CalibrationSet) -> str:
+    """What names a calibration: its photos' bytes in order, and what turns them into model inputs (the backbone's
+    preprocessing, draft decoding, Pillow's version).
+
+    Hashing ~300 files takes milliseconds where decoding them took seconds of one core: the start-up of every new
+    int8 index whose model is already cached. (Indexes made before record a digest of the decoded inputs: they are
+    looked up by their recorded digest, which names their model in the cache all the same.)"""
+    from PIL import __version__ as pillow
+
+    cfg = backbone.data_config
+    keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+    desc = {"digest": CALIBRATION_DIGEST, "draft": cal.draft, "pillow": pillow, **{k: cfg.get(k) for k in keys}}
+    h = hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode())
+    for p in cal.paths:
+        try:
+            data = Path(p).read_bytes()
+        except OSError:  # unreadable: skipped when quantising too
+            data = b""
+        h.update(hashlib.sha256(data).digest())
+    return h.hexdigest()
+
+
+def calibration_inputs(backbone: Backbone, cal: CalibrationSet) -> np.ndarray:
+    """The model inputs of the calibration photos that decode."""
     pre = Preprocessor(backbone, numpy=True, draft=cal.draft)
     arrays = []
     for p in cal.paths:
@@ -82,10 +105,7 @@ def calibration_inputs(backbone: Backbone, cal: CalibrationSet) -> tuple[np.ndar
             log.debug("calibration: skipped %s", e)
     if not arrays:
         raise BackboneError("no calibration photo could be decoded: cannot quantise to int8")
-    x = np.stack(arrays)
-    h = hashlib.sha256(json.dumps(list(x.shape)).encode())
-    h.update(x.tobytes())
-    return x, h.hexdigest()
+    return np.stack(arrays)
 
 
 def int8_entry(fp32_entry: Path, digest: str, spec: Int8Spec = INT8) -> Path:
@@ -166,14 +186,16 @@ def load_or_quantize(
                 f"{digest[:12]}) is not in this machine's model cache ({where}): copy the folder "
                 f"int8-*/ of the machine that built the index there, or rebuild the index with --precision int8"
             )
-        calibration = CalibrationSet(tuple(str(p) for p, _ in sample_photos()), "sample")
-    inputs, digest = calibration_inputs(backbone, calibration)
-    record = {"digest": digest, "count": len(inputs), "source": calibration.source}
-    if isinstance(calibration, CalibrationSet) and fp32_entry is not None:
+        sample = CalibrationSet(tuple(str(p) for p, _ in sample_photos()), "sample")
+        inputs = calibration_inputs(backbone, sample)  # quantised again, kept under the recorded digest
+    else:
+        digest = calibration_digest(backbone, calibration)
+        record = {"digest": digest, "count": len(calibration.paths), "source": calibration.source}
         found = cached_int8(fp32_entry, digest, spec)
         if found is not None:
             _touch(found.parent)
             return found, found.parent, record
+        inputs = calibration_inputs(backbone, calibration)
     quantized = quantize(fp32, inputs, spec)
     if fp32_entry is None:
         return quantized, None, record
