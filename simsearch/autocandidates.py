@@ -159,7 +159,9 @@ def candidates(n: int, dim: int, spec: AutoIndexSpec | None = None) -> list[Plan
     budget, nlist, train = _sizes(n, dim, spec)
     out = [first]
     reduced = dim // 4 if dim % 8 == 0 and dim >= 64 else None
-    pca_fixed = 4 * dim * reduced if reduced else 0
+    pca_fixed = (
+        4 * dim * (dim + reduced) if reduced else 0
+    )  # FAISS keeps the full d × d PCA matrix besides the d × d/4 one
     if first.family == "ivf-pq-refine":
         floats = 4 * dim + ID_BYTES
         m_fs = 2 * int(first.factory.split(",PQ")[1].split(",")[0])  # the same bytes, twice the sub-quantisers

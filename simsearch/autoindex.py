@@ -293,10 +293,7 @@ def _build_one(
     bar = progress_bar(n, "adding", unit="vec", enabled=progress)
     _add(index, xb, ids, kept, add_chunk, bar)
     t_add = time.perf_counter() - t0 - t_train
-    if held is None:
-        tuning = tune(index, xb, ids, spec, avoid=train_rows)
-    else:
-        tuning = tune(index, xb, ids, spec, held=held)
+    tuning = tune(index, xb, ids, spec, avoid=train_rows, held=held)
     t_tune = time.perf_counter() - t0 - t_train - t_add
     if held is not None:
         t1 = time.perf_counter()
