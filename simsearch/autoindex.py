@@ -111,8 +111,8 @@ def exact_neighbors(
     best_i = np.full((len(xq), k), -1, dtype=np.int64)
     for start in range(0, len(xb), chunk):
         part = np.ascontiguousarray(xb[start : start + chunk], dtype=np.float32)
-        here = None if skip is None else skip[(skip >= start) & (skip < start + len(part))]
-        extra = 0 if here is None else len(here)  # enough more neighbours that k remain once they are left out
+        here = np.empty(0, np.int64) if skip is None else skip[(skip >= start) & (skip < start + len(part))]
+        extra = len(here)  # enough more neighbours that k remain once they are left out
         d, i = faiss.knn(xq, part, min(k + extra, len(part)), metric=faiss.METRIC_INNER_PRODUCT)
         i = np.where(i >= 0, i + start, -1)
         if extra:
