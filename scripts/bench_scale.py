@@ -194,10 +194,14 @@ def main() -> None:
     ap.add_argument(
         "--chooser", default="fixed,measured", help="`auto` choosers to compare: fixed (fe4a9e6), measured."
     )
+    ap.add_argument(
+        "--families", default="", help="Candidate families the measured chooser may try [default: AutoIndexSpec's]."
+    )
     ap.add_argument("--trial-size", type=int, help="Vectors each candidate is tried on [default: AutoIndexSpec's].")
     ap.add_argument("--flat-below", type=int, help="Exact search below this many vectors [default: 100k].")
     ap.add_argument("--lean-bytes", type=int, default=128, help="Memory-lean budget in bytes per vector.")
     ap.add_argument("--no-default-budget", action="store_true", help="Only the memory-lean rows.")
+    ap.add_argument("--no-lean", action="store_true", help="No memory-lean rows.")
     ap.add_argument("--skip-flat", action="store_true", help="No exact-search row.")
     ap.add_argument("--target-recall", type=float, default=0.95)
     ap.add_argument("--neighbors-k", type=int, default=50)
@@ -237,6 +241,8 @@ def main() -> None:
         )
 
     trial = {"trial_size": args.trial_size} if args.trial_size else {}
+    if args.families:
+        trial["families"] = tuple(f.strip() for f in args.families.split(",") if f.strip())
     choosers = [c.strip() for c in args.chooser.split(",") if c.strip()]
     for gen in [g.strip() for g in args.generator.split(",") if g.strip()]:
         xq = generate(gen, args.queries, args.seed + 1_000_003, False)
@@ -261,7 +267,8 @@ def main() -> None:
                 size["rows"].append(flat_row(xb, ids, xq, t_exact, work, n, dim, qfile, gtfile, args))
                 print(json.dumps(size["rows"][-1]), flush=True)
             budgets = [] if args.no_default_budget else [("auto", None)]
-            budgets.append((f"auto, memory-lean {args.lean_bytes} B/vector", args.lean_bytes * n))
+            if not args.no_lean:
+                budgets.append((f"auto, memory-lean {args.lean_bytes} B/vector", args.lean_bytes * n))
             for name, budget in budgets:
                 for chooser in choosers:
                     spec = AutoIndexSpec(memory_budget=budget, target_recall=args.target_recall, chooser=chooser,
@@ -277,14 +284,17 @@ def main() -> None:
                            "build_s": round(build_s, 1), "train_s": rec["train_seconds"], "add_s": rec["add_seconds"],
                            "tune_s": rec["tune_seconds"], "bytes_per_vector": round(os.path.getsize(f) / n, 1),
                            "reason": rec.get("reason"), "load_average": load_average()}  # fmt: skip
+                    keep = budget is None and chooser == choosers[-1] and n >= 1_000_000 and args.neighbors_k
+                    if not keep:
+                        del index  # at 1M the floats are 5 GB: not held twice while the query process loads them
                     row.update(run_query_process(f, qfile, gtfile, args.single, False))
                     row["mmap_load_s"] = run_query_process(f, qfile, gtfile, 10, True)["load_s"]
                     print(json.dumps(row), flush=True)
                     size["rows"].append(row)
-                    if budget is None and chooser == choosers[-1] and n >= 1_000_000 and args.neighbors_k:
+                    if keep:
                         size["neighbors"] = neighbors_bench(work, index, ids, dim, args)
                         print(json.dumps(size["neighbors"]), flush=True)
-                    del index
+                        del index
                     os.unlink(f)
             results["sizes"].append(size)
             del xb

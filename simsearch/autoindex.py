@@ -74,6 +74,7 @@ __all__ = [  # the FAISS helpers are re-exported: callers know them as autoindex
 
 AUTO = AUTO_INDEX
 RECALL_K = 10
+HOLD_OUT_MIN = 500  # below this many vectors the measured chooser tunes on items of the collection, like the fixed rule
 REBUILD_GROWTH = 4.0  # `simsearch rebuild` is advised once the index holds this many times what it was trained on
 
 
@@ -98,8 +99,11 @@ def _pick(results: list[dict[str, Any]], target: float) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ tuning
 
 
-def exact_neighbors(xq: np.ndarray, xb: np.ndarray, k: int, chunk: int = 200_000) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` by inner product of ``xq`` in ``xb`` (row numbers), in chunks of ``xb``."""
+def exact_neighbors(
+    xq: np.ndarray, xb: np.ndarray, k: int, chunk: int = 200_000, *, skip: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` by inner product of ``xq`` in ``xb`` (row numbers), in chunks of ``xb``; rows in ``skip``
+    (sorted) are left out, as if ``xb`` did not hold them (without copying ``xb``)."""
     faiss = faiss_module()
 
     xq = np.ascontiguousarray(xq, dtype=np.float32)
@@ -107,9 +111,15 @@ def exact_neighbors(xq: np.ndarray, xb: np.ndarray, k: int, chunk: int = 200_000
     best_i = np.full((len(xq), k), -1, dtype=np.int64)
     for start in range(0, len(xb), chunk):
         part = np.ascontiguousarray(xb[start : start + chunk], dtype=np.float32)
-        d, i = faiss.knn(xq, part, min(k, len(part)), metric=faiss.METRIC_INNER_PRODUCT)
+        here = np.empty(0, np.int64) if skip is None else skip[(skip >= start) & (skip < start + len(part))]
+        extra = len(here)  # enough more neighbours that k remain once they are left out
+        d, i = faiss.knn(xq, part, min(k + extra, len(part)), metric=faiss.METRIC_INNER_PRODUCT)
+        i = np.where(i >= 0, i + start, -1)
+        if extra:
+            gone = np.isin(i, here)
+            d, i = np.where(gone, -np.inf, d).astype(np.float32), np.where(gone, -1, i)
         d = np.concatenate([best_d, d], axis=1)
-        i = np.concatenate([best_i, np.where(i >= 0, i + start, -1)], axis=1)
+        i = np.concatenate([best_i, i], axis=1)
         order = np.argsort(-d, axis=1, kind="stable")[:, :k]
         best_d, best_i = np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
     return best_d, best_i
@@ -164,25 +174,34 @@ def tune(
     spec: AutoIndexSpec | None = None,
     *,
     avoid: np.ndarray | None = None,
+    held: np.ndarray | None = None,
     k: int = RECALL_K,
 ) -> Tuning | None:
-    """Pick the fastest search parameters whose recall@k (against exact search over ``xb``) reaches the spec's
-    target, on ``spec.tuning_queries`` queries: items of the collection not in ``avoid`` (the training sample),
-    each excluded from its own results. Leaves the chosen parameters set on ``index``. None when the index has
-    nothing to tune."""
+    """Pick the fastest search parameters whose recall@k (against exact search over ``xb``, the vectors in
+    ``index``) reaches the spec's target. Queries: the rows ``held`` of ``xb`` when given (held out: not in the
+    index, nor in the truth; the measured chooser's way, see :func:`_build_one`), else ``spec.tuning_queries`` items of the collection not in
+    ``avoid`` (the training sample), each excluded from its own results (the fixed rule's way: for a graph, such
+    in-index queries are easier than new ones). Leaves the chosen parameters set on ``index``. None when the index
+    has nothing to tune."""
     spec = spec or AutoIndexSpec()
     grid = _grid(index)
     if not grid or index.ntotal == 0:
         return None
-    rng = np.random.default_rng(spec.seed + 1)
-    pool = np.arange(len(xb))
-    if avoid is not None and len(avoid) < len(xb) - 50:
-        pool = np.setdiff1d(pool, avoid)
-    qrows = np.sort(rng.choice(pool, size=min(spec.tuning_queries, len(pool)), replace=False))
-    xq = np.ascontiguousarray(xb[qrows], dtype=np.float32)
-    kk = min(k + 1, len(xb))
-    _, truth_rows = exact_neighbors(xq, xb, kk)
-    truth = _drop_self(np.where(truth_rows >= 0, ids[np.maximum(truth_rows, 0)], -1), ids[qrows], k)
+    if held is not None:
+        xq = np.ascontiguousarray(xb[held], dtype=np.float32)
+        kk, selves = min(k, len(xb) - len(held)), None
+        _, truth_rows = exact_neighbors(xq, xb, kk, skip=held)
+        truth = np.where(truth_rows >= 0, ids[np.maximum(truth_rows, 0)], -1)
+    else:
+        rng = np.random.default_rng(spec.seed + 1)
+        pool = np.arange(len(xb))
+        if avoid is not None and len(avoid) < len(xb) - 50:
+            pool = np.setdiff1d(pool, avoid)
+        qrows = np.sort(rng.choice(pool, size=min(spec.tuning_queries, len(pool)), replace=False))
+        xq = np.ascontiguousarray(xb[qrows], dtype=np.float32)
+        kk, selves = min(k + 1, len(xb)), ids[qrows]
+        _, truth_rows = exact_neighbors(xq, xb, kk)
+        truth = _drop_self(np.where(truth_rows >= 0, ids[np.maximum(truth_rows, 0)], -1), selves, k)
     tried: list[dict[str, float]] = []
     for line in grid:
         best_here, stale = -1.0, 0
@@ -191,7 +210,7 @@ def tune(
             t0 = time.perf_counter()
             _, found = index.search(xq, kk)
             ms = (time.perf_counter() - t0) * 1000 / len(xq)
-            r = recall_at_k(_drop_self(found, ids[qrows], k), truth, k)
+            r = recall_at_k(found if selves is None else _drop_self(found, selves, k), truth, k)
             tried.append({**params, "recall": round(r, 4), "ms": round(ms, 4)})
             if r >= spec.target_recall:
                 break
@@ -219,11 +238,38 @@ class _Built:
     t_tune: float
 
 
+def held_out_rows(n: int, spec: AutoIndexSpec, avoid: np.ndarray | None = None) -> np.ndarray | None:
+    """Rows kept out of the index while it is tuned (their vectors are the tuning queries; they are added after):
+    ``spec.tuning_queries`` of them, at most a fifth of ``n``, not in ``avoid`` (the training sample) when
+    possible. None where the fixed rule tunes (on items of the collection) or ``n`` is too small."""
+    if spec.chooser == "fixed" or n < HOLD_OUT_MIN:
+        return None
+    pool = np.arange(n)
+    if avoid is not None and len(avoid) < n - 2 * HOLD_OUT_MIN:
+        pool = np.setdiff1d(pool, avoid)
+    size = min(spec.tuning_queries, n // 5, len(pool))
+    return np.sort(np.random.default_rng(spec.seed + 1).choice(pool, size=size, replace=False))
+
+
+def _add(index: Any, xb: np.ndarray, ids: np.ndarray, rows: np.ndarray | None, add_chunk: int, bar: Any) -> None:
+    """Add ``xb[rows]`` (all rows when None) in chunks."""
+    count = len(xb) if rows is None else len(rows)
+    for start in range(0, count, add_chunk):
+        part = slice(start, start + add_chunk)
+        take = part if rows is None else rows[part]
+        index.add_with_ids(
+            np.ascontiguousarray(xb[take], dtype=np.float32), np.ascontiguousarray(ids[take], dtype=np.int64)
+        )
+        bar.update(min(add_chunk, count - start))
+
+
 def _build_one(
     xb: np.ndarray, ids: np.ndarray, factory: str, spec: AutoIndexSpec, train_size: int | None, progress: bool,
     add_chunk: int,
 ) -> _Built:  # fmt: skip
-    """Train (on a random sample), add and tune one FAISS index."""
+    """Train (on a random sample), add and tune one FAISS index. The measured chooser tunes on held-out rows
+    (:func:`held_out_rows`): they are added to the index only after tuning, so the tuned recall is that of queries
+    the index has never seen (new queries), not of its own items."""
     n = len(xb)
     t0 = time.perf_counter()
     index, full = new_faiss_index(xb.shape[1], factory)
@@ -242,17 +288,19 @@ def _build_one(
             ) from None
     t_train = time.perf_counter() - t0
     prepare(index)
+    held = held_out_rows(n, spec, train_rows) if _grid(index) else None
+    kept = None if held is None else np.setdiff1d(np.arange(n), held)
     bar = progress_bar(n, "adding", unit="vec", enabled=progress)
-    for start in range(0, n, add_chunk):
-        index.add_with_ids(
-            np.ascontiguousarray(xb[start : start + add_chunk], dtype=np.float32),
-            np.ascontiguousarray(ids[start : start + add_chunk], dtype=np.int64),
-        )
-        bar.update(min(add_chunk, n - start))
-    bar.close()
+    _add(index, xb, ids, kept, add_chunk, bar)
     t_add = time.perf_counter() - t0 - t_train
-    tuning = tune(index, xb, ids, spec, avoid=train_rows)
-    return _Built(index, full, tuning, train_rows, t_train, t_add, time.perf_counter() - t0 - t_train - t_add)
+    tuning = tune(index, xb, ids, spec, avoid=train_rows, held=held)
+    t_tune = time.perf_counter() - t0 - t_train - t_add
+    if held is not None:
+        t1 = time.perf_counter()
+        _add(index, xb, ids, held, add_chunk, bar)
+        t_add += time.perf_counter() - t1
+    bar.close()
+    return _Built(index, full, tuning, train_rows, t_train, t_add, t_tune)
 
 
 def _measure(

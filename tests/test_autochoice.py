@@ -209,3 +209,56 @@ def test_augmentation_clones_the_new_index_kinds(tmp_path, tiny_backbone, only_f
         assert idx.snapshot.augmented.ntotal == len(idx) == 1080
         assert type(faiss.downcast_index(idx.snapshot.augmented.index)) is kind
     assert verify_index(out)[0] == []
+
+
+# ------------------------------------------------------------------------------ tuning on held-out rows
+
+
+def test_exact_neighbors_can_leave_rows_out_without_copying():
+    x, _ = structured(3000, seed=4)
+    q = x[:50] + 0.01
+    skip = np.sort(np.random.default_rng(0).choice(3000, 400, replace=False))
+    kept = np.setdiff1d(np.arange(3000), skip)
+    d, rows = autoindex.exact_neighbors(q, x, 10, chunk=700, skip=skip)
+    d_ref, sub = autoindex.exact_neighbors(q, x[kept], 10)
+    assert not np.isin(rows, skip).any()
+    assert np.array_equal(rows, kept[sub]) and np.allclose(d, d_ref, atol=1e-5)
+
+
+def test_measured_chooser_tunes_on_rows_kept_out_of_the_trial_index(monkeypatch):
+    x, _ = structured(4000, seed=5)
+    ids = np.arange(4000, dtype=np.int64) * 2 + 1
+    spec = AutoIndexSpec(
+        memory_budget=10**9, flat_below=1000, tuning_queries=150, trial_size=2500, target_recall=0.9, chooser="measured",
+        families=("ivf-pqfs-refine", "pca-ivf-pqfs-refine"),
+    )  # fmt: skip
+    real, seen = autoindex.tune, []
+
+    def spy(index, xb, ids_, spec_=None, **kw):
+        held = kw.get("held")
+        in_index = faiss.vector_to_array(faiss.downcast_index(index).id_map)
+        seen.append((len(xb), int(index.ntotal), None if held is None else ids_[held]))
+        if held is not None:  # the tuning queries are vectors the index does not hold yet
+            assert not np.isin(ids_[held], in_index).any() and index.ntotal == len(xb) - len(held)
+        tuning = real(index, xb, ids_, spec_, **kw)
+        if held is not None:
+            kept = np.setdiff1d(np.arange(len(xb)), held)
+            _, truth = autoindex.exact_neighbors(xb[held], xb[kept], 10)
+            _, found = index.search(xb[held], 10)
+            assert tuning.recall_at_10 == pytest.approx(
+                autoindex.recall_at_k(found, ids_[kept][truth]), abs=1e-3
+            )  # recall of those queries against the rows in the index, with the tuned setting
+        return tuning
+
+    monkeypatch.setattr(autoindex, "tune", spy)
+    index, record = autoindex.build(x, ids, "auto", spec)
+    trials, final = seen[:-1], seen[-1]
+    assert len(trials) == 2 and all(n == 2500 and len(h) == 150 and t == 2350 for n, t, h in trials)
+    assert final[0] == 4000 and final[1] == 3850 and len(final[2]) == 150 and record.recall_queries == 150
+    assert index.ntotal == 4000  # the held-out rows are added once tuned
+    assert sorted(faiss.vector_to_array(faiss.downcast_index(index).id_map).tolist()) == ids.tolist()
+    _, found = index.search(x[np.searchsorted(ids, final[2])], 10)
+    assert (found == final[2][:, None]).any(axis=1).mean() >= 0.9  # and found under their own ids
+    seen.clear()
+    autoindex.build(x, ids, "auto", dataclasses.replace(spec, chooser="fixed"))
+    assert [h for _, _, h in seen] == [None]  # the fixed rule (the baseline) tunes on items of the collection
