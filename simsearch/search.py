@@ -208,14 +208,16 @@ def search_vectors(
     filter=None,
     rules: Rules = NO_RULES,
     augment: bool | str | None = None,
+    unit: bool = False,
 ) -> list[list[Hit]]:
-    """Batch search: one result list per row of ``vectors`` ``(n, dim)`` (any finite non-zero rows)."""
+    """Batch search: one result list per row of ``vectors`` ``(n, dim)`` (any finite non-zero rows; ``unit``: the
+    rows are already unit float32 rows, as :func:`check_vectors` gives them, and are not checked again)."""
     snap = index.live_state().snapshot
     arr = np.atleast_2d(np.asarray(vectors))
     if arr.ndim != 2 or arr.shape[1] != snap.manifest.dim:
         raise SimsearchError(f"query vectors must have dim {snap.manifest.dim}, not {arr.shape[-1]}")
     skip = _resolve_ids(index, exclude)
-    checked = check_vectors(arr, snap.manifest.dim)
+    checked = arr.astype(np.float32, copy=False) if unit else check_vectors(arr, snap.manifest.dim)
     rows = [checked[i : i + 1] for i in range(len(checked))]
     raw = search_spec(snap, augment) is None
     together = _search_rows(index, np.vstack(rows), k, skip, filter, rules) if len(rows) > 1 and raw else None

@@ -37,7 +37,9 @@ import numpy as np
 from .config.limits import LIMITS
 from .config.serve import BatchSpec
 from .errors import SimsearchError
-from .search import Hit, Searchable, search_vectors
+from .search import Hit, Searchable, check_vector, search_vectors
+
+UNIT_TOLERANCE = 1e-4  # |v.v - 1| below which a submitted vector counts as unit (float32 rounding is ~1e-6)
 
 log = logging.getLogger("simsearch.searcher")
 
@@ -102,6 +104,8 @@ class Searcher:
         if not 1 <= k <= LIMITS.max_k:
             raise SimsearchError(f"k must be between 1 and {LIMITS.max_k}, not {k}")
         vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if not abs(float(np.dot(vector, vector)) - 1.0) < UNIT_TOLERANCE:  # nan and inf fail too
+            vector = check_vector(vector, index.snapshot.manifest.dim)  # this request's error, not its batch's
         skip = frozenset(int(i) for i in exclude)
         fkey = _filter_key(filter)
         alone = fkey is None or len(skip) > self.spec.max_batched_exclude or k + len(skip) > LIMITS.max_k
@@ -215,11 +219,11 @@ class Searcher:
             aug = head.augment
             if head.alone:
                 rows = search_vectors(
-                    head.index, vectors, k=head.k, exclude=head.exclude, filter=head.filter, augment=aug
+                    head.index, vectors, k=head.k, exclude=head.exclude, filter=head.filter, augment=aug, unit=True
                 )
             else:
                 fetch = max(j.k + len(j.exclude) for j in jobs)
-                rows = search_vectors(head.index, vectors, k=fetch, filter=head.filter, augment=aug)
+                rows = search_vectors(head.index, vectors, k=fetch, filter=head.filter, augment=aug, unit=True)
             with self._lock:
                 self.batches += 1
                 self.queries += len(jobs)

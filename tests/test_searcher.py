@@ -65,3 +65,28 @@ def test_searcher_answers_like_search_vectors_under_concurrency(built_index):
     want = [search_vectors(built_index, q[i][None, :], 3, exclude=[i % 4])[0] for i in range(16)]
     _same([results[i] for i in range(16)], want)
     assert searcher.queries == 16 and 1 <= searcher.batches <= 16
+
+
+def test_the_searcher_checks_each_submitted_vector_on_its_own(built_index):
+    """Rows reach the batch as unit vectors: a scaled query gives the unit query's results, a bad one fails in
+    its own caller (not the batch it would have joined)."""
+    from simsearch.errors import SimsearchError
+
+    q = _queries(built_index, 2)
+    searcher = Searcher(BatchSpec())
+    try:
+        unit = searcher.search(built_index, q[0], 5)
+        scaled = searcher.search(built_index, q[0] * 37.5, 5)
+        assert [h.id for h in scaled] == [h.id for h in unit]
+        assert [h.score for h in scaled] == pytest.approx(
+            [h.score for h in unit], abs=2e-6
+        )  # scores are rounded to 6 places
+        assert [h.id for h in unit] == [h.id for h in search_vectors(built_index, q[:1], k=5)[0]]
+        for bad in (np.zeros_like(q[0]), np.full_like(q[0], np.nan)):
+            with pytest.raises(SimsearchError, match=r"non-zero|finite"):
+                searcher.submit(built_index, bad, 5)
+        assert [h.id for h in searcher.search(built_index, q[1], 5)] == [
+            h.id for h in search_vectors(built_index, q[1:2], k=5)[0]
+        ]
+    finally:
+        searcher.close()
