@@ -120,26 +120,21 @@ def check_vector(v, dim: int) -> np.ndarray:
     v = np.asarray(v, dtype=np.float64)
     if v.ndim != 1 or v.shape[0] != dim:
         raise SimsearchError(f"a query vector must have shape ({dim},), not {v.shape}")
-    if not np.isfinite(v).all():
-        raise SimsearchError("a query vector must be finite")
-    scale = np.abs(v).max()
-    if scale == 0:
-        raise SimsearchError("a query vector must be non-zero")
-    v = v / scale  # large finite values would overflow float32 squares
-    return (v / np.linalg.norm(v)).astype(np.float32)
+    return check_vectors(v[None, :], dim)[0]
 
 
 def check_vectors(vectors, dim: int) -> np.ndarray:
-    """Rows of query vectors ``(n, dim)`` as unit float32 rows, each exactly as :func:`check_vector` gives it,
-    checked together (a batch of requests costs one conversion); a bad row raises :func:`check_vector`'s error."""
+    """Rows of query vectors ``(n, dim)`` as unit float32 rows (any finite non-zero rows), checked together: a
+    batch of requests costs one conversion."""
     v = np.asarray(vectors, dtype=np.float64)
     if v.ndim != 2 or v.shape[1] != dim:
         raise SimsearchError(f"query vectors must have dim {dim}, not {v.shape[-1]}")
     scale = np.abs(v).max(axis=1) if v.size else np.ones(len(v))  # nan or inf when a row is not finite
     bad = np.flatnonzero(~(np.isfinite(scale) & (scale > 0)))
     if len(bad):
-        check_vector(v[bad[0]], dim)  # raises the row's own message
-    v = v / scale[:, None]
+        finite = np.isfinite(v[bad[0]]).all()
+        raise SimsearchError(f"a query vector must be {'non-zero' if finite else 'finite'}")
+    v = v / scale[:, None]  # large finite values would overflow float32 squares
     norms = np.array([np.sqrt(np.dot(row, row)) for row in v])  # as np.linalg.norm computes one row
     return (v / norms[:, None]).astype(np.float32)
 
