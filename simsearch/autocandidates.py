@@ -86,6 +86,16 @@ def fs_sizes(dim: int) -> list[int]:
     return [m for m in range(2, dim // 2 + 1, 2) if dim % m == 0]
 
 
+def _largest_fast_scan(dim: int, room: float) -> int | None:
+    """The most 4-bit fast-scan sub-quantisers for ``dim`` whose codes (m/2 bytes) fit ``room`` bytes a vector."""
+    return max((m for m in fs_sizes(dim) if m / 2 <= room), default=None)
+
+
+def _fast_scan_fixed(dim: int, nlist: int) -> int:
+    """Bytes of an IVF fast-scan index that do not grow with n: the centroids and the 4-bit codebooks."""
+    return 4 * dim * nlist + 16 * 4 * dim
+
+
 def _sizes(n: int, dim: int, spec: AutoIndexSpec) -> tuple[int, int, int]:
     """(budget, nlist, train size) for ``n`` vectors; raises when an inverted file cannot be trained."""
     budget = spec.memory_budget or default_memory_budget()
@@ -202,11 +212,8 @@ def candidates(n: int, dim: int, spec: AutoIndexSpec | None = None) -> list[Plan
                 )
             )
     else:
-        fixed_fs = 4 * dim * nlist + 16 * 4 * dim  # centroids + 4-bit codebooks
-        room = (budget - fixed_fs) / n - ID_BYTES
-        fs = [m for m in fs_sizes(dim) if m / 2 <= room]
-        if fs:
-            m = max(fs)
+        m = _largest_fast_scan(dim, (budget - _fast_scan_fixed(dim, nlist)) / n - ID_BYTES)
+        if m:
             out.append(
                 Plan(
                     f"IVF{nlist},PQ{m}x4fs",
@@ -218,10 +225,8 @@ def candidates(n: int, dim: int, spec: AutoIndexSpec | None = None) -> list[Plan
                 )
             )
         if reduced:
-            room_r = (budget - pca_fixed - 4 * reduced * nlist - 16 * 4 * reduced) / n - ID_BYTES
-            fs_r = [m for m in fs_sizes(reduced) if m / 2 <= room_r]
-            if fs_r:
-                m = max(fs_r)
+            m = _largest_fast_scan(reduced, (budget - pca_fixed - _fast_scan_fixed(reduced, nlist)) / n - ID_BYTES)
+            if m:
                 out.append(
                     Plan(
                         f"PCAR{reduced},IVF{nlist},PQ{m}x4fs",
