@@ -229,9 +229,7 @@ class Index:
         ``paths=False``: ids and keys only, no look-up on the file system (for names that come from requests)."""
         live = self.live_state()
         if isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
-            if int(ref) in live.by_id:
-                return int(ref)
-            return int(ref) if int(ref) not in live.hidden and self.has_id(int(ref)) else None
+            return int(ref) if self.has_id(int(ref)) else None  # (live items first, hidden ones not)
         if isinstance(ref, str):
             if ref in live.items:
                 return live.items[ref].id
