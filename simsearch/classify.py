@@ -27,11 +27,13 @@ from .votes import (
     check_field,
     check_k,
     check_top,
-    classify_queries,
     decide,
     hit_value,
     no_values,
     vote_shares,
+)
+from .votes import (
+    classify_queries as classify,  # index.classify(queries, ...), as a function
 )
 
 if TYPE_CHECKING:
@@ -90,19 +92,3 @@ def field_values(index: Index, field: str = CLASSIFY.field) -> dict[int, str]:
     if not out:
         raise no_values(index, field)
     return out
-
-
-def classify(
-    index: Index,
-    queries,
-    k: int = CLASSIFY.k,
-    *,
-    field: str = CLASSIFY.field,
-    min_confidence: float = CLASSIFY.min_confidence,
-    top: int = CLASSIFY.top,
-    temperature: float = CLASSIFY.temperature,
-) -> list[Classification]:
-    """``index.classify(queries, ...)``: see :func:`simsearch.votes.classify_queries`."""
-    return classify_queries(
-        index, queries, k, field=field, min_confidence=min_confidence, top=top, temperature=temperature
-    )
