@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -11,7 +12,7 @@ from PIL import Image
 
 from simsearch import SimsearchError, recommend, search
 from simsearch.backbones import l2_normalize
-from simsearch.search import resolve_query, search_vectors
+from simsearch.search import Hit, check_vector, check_vectors, resolve_query, search_vectors
 
 TOL = 1e-5
 
@@ -68,6 +69,11 @@ def test_hits_describe_the_items(built_index):
         item = built_index.item(h.id)
         assert (h.path, h.label, h.abspath) == (item.path, item.label, str(item.abspath))
         assert h.to_dict()["id"] == h.id
+        # built without Hit's __init__ (see search._new_hit): every field, in order, as Hit(...) would hold them
+        assert list(vars(h)) == [f.name for f in dataclasses.fields(Hit)]
+        assert h == Hit(**vars(h)) and repr(h) == repr(Hit(**vars(h)))
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            h.score = 0.0  # type: ignore[misc]
     assert len(hits) == 7
 
 
@@ -264,3 +270,30 @@ def test_recommend_never_returns_positive_negative_or_excluded(built_index, tmp_
     assert rec[0].id == 6
     with pytest.raises(SimsearchError, match="at least one positive"):
         recommend(built_index, positive=[], negative=[1])
+
+
+def test_query_vectors_are_normalised_row_by_row():
+    """Any finite non-zero row becomes a unit float32 row in its own direction, the same alone or in a batch
+    (huge and tiny rows take a rescaling path; the usual ones one division)."""
+    rng = np.random.default_rng(3)
+    rows = rng.standard_normal((6, 32))
+    rows[1] *= 1e200  # its square overflows float64
+    rows[2] *= 1e-200  # its square underflows
+    rows[4] = np.float32(3.0e38)  # the largest float32 values
+    out = check_vectors(rows, 32)
+    assert out.dtype == np.float32 and out.shape == (6, 32)
+    np.testing.assert_allclose(np.linalg.norm(out.astype(np.float64), axis=1), 1.0, atol=1e-6)
+    for i, row in enumerate(rows):
+        assert np.array_equal(check_vectors(rows[i : i + 1], 32)[0], out[i])
+        assert np.array_equal(check_vector(row, 32), out[i])
+        np.testing.assert_allclose(out[i], row / np.linalg.norm(row / np.abs(row).max()) / np.abs(row).max(), 1e-6)
+    for bad, words in (
+        (np.zeros(32), "non-zero"),
+        (np.full(32, np.nan), "finite"),
+        (np.r_[np.inf, np.ones(31)], "finite"),
+    ):
+        with pytest.raises(SimsearchError, match=words):
+            check_vectors(np.vstack([rows[0], bad]), 32)
+    with pytest.raises(SimsearchError, match="dim 32"):
+        check_vectors(np.ones((2, 31)), 32)
+    assert check_vectors(np.empty((0, 32)), 32).shape == (0, 32)

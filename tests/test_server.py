@@ -241,6 +241,26 @@ def test_search_by_vector(client, idx):
     assert len(cats) == 3 and {h["label"] for h in cats} == {"cats"}
 
 
+def test_results_are_the_json_document_of_the_hits(idx):
+    """Result pages are rendered by pydantic-core: the same document as ``json.dumps`` (keys in the hits' field
+    order, compact, UTF-8); a non-finite number is null, not a failed response."""
+    import json
+
+    from simsearch.server.serialise import FastJSONResponse, hits_json
+
+    hits = idx.search(0, k=5)
+    content = {"results": hits_json(hits, "/api"), "k": 5, "took_ms": 1.25, "note": "café ✓"}
+    r = FastJSONResponse(content)
+    assert json.loads(r.body) == content and r.media_type == "application/json"
+    assert list(json.loads(r.body)["results"][0]) == [
+        *(f for f in vars(hits[0]) if f != "abspath"),
+        "thumbnail",
+        "image",
+    ]
+    assert b'", "' not in r.body and b'": ' not in r.body and "café ✓".encode() in r.body  # compact, UTF-8
+    assert json.loads(FastJSONResponse({"x": [float("nan"), float("inf"), 0.5]}).body) == {"x": [None, None, 0.5]}
+
+
 @pytest.mark.parametrize(
     ("body", "status", "words"),
     [

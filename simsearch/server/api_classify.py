@@ -8,7 +8,6 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.concurrency import run_in_threadpool
 
@@ -19,7 +18,7 @@ from .api_search import unit_rows
 from .deps import ItemRef, State, base_url, ms_since, read_image, read_json, require_items, resolve_item
 from .errors import ApiError, describe_validation
 from .models import ItemRefT, K, Text
-from .serialise import links
+from .serialise import FastJSONResponse, links
 from .state import ServiceState
 
 router = APIRouter()
@@ -135,7 +134,7 @@ _IMAGE_FORM = {
         }
     },
 )
-async def classify_route(request: Request, state: State) -> JSONResponse:
+async def classify_route(request: Request, state: State) -> FastJSONResponse:
     t0 = time.perf_counter()
     image = await read_image(request, "classify")
     if image is not None:
@@ -150,7 +149,7 @@ async def classify_route(request: Request, state: State) -> JSONResponse:
 
     results = await run_in_threadpool(run)
     base = base_url(request)
-    return JSONResponse(
+    return FastJSONResponse(
         {"results": [_json(c, base) for c in results], "k": req.k, "field": req.field, "took_ms": ms_since(t0)}
     )
 
@@ -169,7 +168,9 @@ async def _classify_image(state: ServiceState, request: Request, data: bytes, fi
             return dataclasses.replace(c, query="image")
 
     c = await run_in_threadpool(run)
-    return JSONResponse({"results": [_json(c, base_url(request))], "k": p.k, "field": p.field, "took_ms": ms_since(t0)})
+    return FastJSONResponse(
+        {"results": [_json(c, base_url(request))], "k": p.k, "field": p.field, "took_ms": ms_since(t0)}
+    )
 
 
 @router.get(

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -26,7 +25,7 @@ from .models import (
     filter_of,
     filter_value,
 )
-from .serialise import hits_json
+from .serialise import FastJSONResponse, hits_json
 from .state import ServiceState
 
 router = APIRouter()
@@ -61,9 +60,9 @@ def _which(i: int, single: bool) -> str:
     return "the vector" if single else f"vector {i}"
 
 
-def answer(state: ServiceState, request: Request, hits, k: int, t0: float) -> JSONResponse:
+def answer(state: ServiceState, request: Request, hits, k: int, t0: float) -> FastJSONResponse:
     results = hits_json(hits, base_url(request), state.spec.expose_paths)
-    return JSONResponse({"results": results, "k": k, "took_ms": ms_since(t0)})
+    return FastJSONResponse({"results": results, "k": k, "took_ms": ms_since(t0)})
 
 
 _IMAGE_FORM = {
@@ -169,7 +168,9 @@ async def search_batch(request: Request, state: State):
 
     rows = await run_in_threadpool(run)
     base, expose = base_url(request), state.spec.expose_paths
-    return JSONResponse({"results": [hits_json(r, base, expose) for r in rows], "k": req.k, "took_ms": ms_since(t0)})
+    return FastJSONResponse(
+        {"results": [hits_json(r, base, expose) for r in rows], "k": req.k, "took_ms": ms_since(t0)}
+    )
 
 
 @router.post(

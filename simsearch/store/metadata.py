@@ -17,6 +17,7 @@ import sqlite3
 import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,12 @@ class Item:
     @property
     def abspath(self) -> Path:
         return self.photos[0].abspath if self.photos else Path()
+
+    @cached_property
+    def photo_paths(self) -> dict[int, tuple[str, str]]:
+        """``{photo id: (path relative to its root, absolute path)}``, the first photo first; worked out once per
+        item (a search result names the photo that matched, and a service returns the same items again and again)."""
+        return {p.id: (p.path, os.path.join(p.root, p.path)) for p in self.photos}
 
 
 # ---------------------------------------------------------------------------------------------- paths and keys

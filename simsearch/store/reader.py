@@ -43,6 +43,7 @@ class Snapshot:
         self._lock = threading.Lock()
         self._photo_map: tuple[np.ndarray, np.ndarray] | None = None
         self._by_item: tuple[np.ndarray, np.ndarray] | None = None  # (photo map rows ordered by item, their items)
+        self._identity: bool | None = None  # whether the photo map is photo i -> item i for i in 0..n-1
         self._attributes: tuple[np.ndarray, AttributeTable] | None = None
         self._lookups = 0  # photo → item lookups answered from SQLite (see items_of)
         self._items: OrderedDict[int, Item] = OrderedDict()  # least recently used first
@@ -99,6 +100,10 @@ class Snapshot:
         pids, items = self.photo_map()
         if len(pids) == 0:
             return np.full(len(photo_ids), -1, dtype=np.int64)
+        if self._identity is None:
+            self._identity = bool(pids[-1] == len(pids) - 1 and np.array_equal(pids, items))
+        if self._identity:  # photos 0..n-1 are items 0..n-1 (a folder index: one photo per item)
+            return np.where((photo_ids >= 0) & (photo_ids < len(pids)), photo_ids, -1)
         pos = np.minimum(np.searchsorted(pids, photo_ids), len(pids) - 1)  # (np.clip costs more than the search)
         return np.where(pids[pos] == photo_ids, items[pos], -1)
 
