@@ -175,3 +175,21 @@ def test_a_long_lived_reader_answers_from_memory_exactly_as_from_sqlite(shop, mo
     assert idx.search_vectors(idx.vectors()[1][:2], k=3) == hits
     assert sorted(snap.photos_of(ids[:2]).tolist()) == snap.photos_of(ids[:2]).tolist()
     assert len(snap.photos_of(ids)) == idx.manifest.count  # every photo, each once
+
+
+def test_photo_to_item_map_from_memory_matches_sqlite(shop, built_index):
+    """A catalogue (several photos per item) and a folder index (photo i is item i, mapped without a search)
+    map photo ids to items from memory exactly as SQLite does; unknown photo ids map to -1."""
+    from simsearch.store import reader
+
+    for idx in (build(shop), built_index):
+        snap = reader.Snapshot.open(idx.path)
+        n = int(snap.faiss.ntotal)
+        probe = np.array([-1, 0, n - 1, n, n + 7, 2**40, *range(n)], dtype=np.int64)
+        from_sql = snap.items_of(probe)  # the first look-ups: SQLite
+        snap.photo_map()
+        from_memory = snap.items_of(probe)
+        np.testing.assert_array_equal(from_memory, from_sql)
+        assert from_memory[0] == from_memory[3] == from_memory[4] == from_memory[5] == -1
+        assert snap._identity == (idx is built_index)  # the folder index takes the identity path
+        snap.close()
