@@ -192,4 +192,13 @@ def test_photo_to_item_map_from_memory_matches_sqlite(shop, built_index):
         np.testing.assert_array_equal(from_memory, from_sql)
         assert from_memory[0] == from_memory[3] == from_memory[4] == from_memory[5] == -1
         assert snap._identity == (idx is built_index)  # the folder index takes the identity path
+        ids = [int(i) for i in idx.ids()]
+        vectors = snap.item_vectors([*ids, -1, max(ids) + 1])
+        assert sorted(vectors) == ids
+        for item in snap.meta.items(ids):  # each item's photos, as SQLite lists them
+            expected = np.vstack([snap.faiss.reconstruct(p.id) for p in item.photos])
+            np.testing.assert_array_equal(vectors[item.id], expected)
+            np.testing.assert_array_equal(snap.item_vectors([item.id])[item.id], expected)
+            assert snap.has_item(item.id) and sorted(snap.photos_of([item.id]).tolist()) == [p.id for p in item.photos]
+        assert not snap.has_item(-1) and not snap.has_item(max(ids) + 1) and snap.item_vectors([]) == {}
         snap.close()

@@ -100,12 +100,17 @@ class Snapshot:
         pids, items = self.photo_map()
         if len(pids) == 0:
             return np.full(len(photo_ids), -1, dtype=np.int64)
-        if self._identity is None:
-            self._identity = bool(pids[-1] == len(pids) - 1 and np.array_equal(pids, items))
-        if self._identity:  # photos 0..n-1 are items 0..n-1 (a folder index: one photo per item)
+        if self._is_identity():  # photos 0..n-1 are items 0..n-1 (a folder index: one photo per item)
             return np.where((photo_ids >= 0) & (photo_ids < len(pids)), photo_ids, -1)
         pos = np.minimum(np.searchsorted(pids, photo_ids), len(pids) - 1)  # (np.clip costs more than the search)
         return np.where(pids[pos] == photo_ids, items[pos], -1)
+
+    def _is_identity(self) -> bool:
+        """Whether the photo map is photo i -> item i for i in 0..n-1 (then look-ups need no search)."""
+        if self._identity is None:
+            pids, items = self.photo_map()
+            self._identity = bool(len(pids) and pids[-1] == len(pids) - 1 and np.array_equal(pids, items))
+        return self._identity
 
     def items(self, ids: Iterable[int]) -> list[Item]:
         """Items by id, in the order given (unknown ids left out), from memory when read before."""
@@ -127,6 +132,9 @@ class Snapshot:
     def _rows_of(self, item_ids) -> np.ndarray:
         """Rows of the photo map (ascending) that belong to the given items: binary searches, not a scan."""
         items = self.photo_map()[1]
+        if self._is_identity():  # item i's photo is row i
+            wanted = np.unique(np.asarray(list(item_ids), dtype=np.int64))
+            return wanted[(wanted >= 0) & (wanted < len(items))]
         with self._lock:
             if self._by_item is None:
                 order = np.argsort(items, kind="stable")
@@ -164,6 +172,8 @@ class Snapshot:
         if self._photo_map is None and self._lookups < MAP_AFTER_LOOKUPS:
             self._lookups += 1
             return self.meta.has_item(item_id)
+        if self._is_identity():
+            return 0 <= int(item_id) < len(self.photo_map()[0])
         return len(self._rows_of([int(item_id)])) > 0
 
     def photos_of(self, item_ids) -> np.ndarray:
@@ -173,10 +183,15 @@ class Snapshot:
     def item_vectors(self, item_ids, *, augmented: bool = False) -> dict[int, np.ndarray]:
         """The photo vectors (or ``augmented`` ones) of each item, ``{item id: (n_photos, dim)}``."""
         pids, items = self.photo_map()
+        source = self.augmented if augmented and self.augmented is not None else self.faiss
         rows = self._rows_of(item_ids)
+        if self._is_identity():  # item i is photo i, one vector each
+            if len(rows) == 1:  # ("more like this" item: FAISS reconstructs one id quicker than a batch)
+                return {int(rows[0]): np.asarray(source.reconstruct(int(rows[0])), dtype=np.float32)[None, :]}
+            vecs = np.asarray(source.reconstruct_batch(rows), dtype=np.float32)
+            return {i: vecs[j : j + 1] for j, i in enumerate(rows.tolist())}
         sel_p, sel_i = pids[rows], items[rows]
         if len(sel_p) == 0:
             return {}
-        source = self.augmented if augmented and self.augmented is not None else self.faiss
         vecs = np.asarray(source.reconstruct_batch(sel_p), dtype=np.float32)
         return {int(i): vecs[sel_i == i] for i in np.unique(sel_i)}
