@@ -454,13 +454,17 @@ def _subset_ranked(
 
 def _first_per_item(snap: Snapshot, scores, pids, allowed_photos, skip: set[int]) -> list[tuple[int, float, int]]:
     """Merge the rows of a multi-vector query and keep each item's best photo, best first."""
-    s, p = np.asarray(scores).ravel(), np.asarray(pids).ravel()
+    s, p = np.asarray(scores), np.asarray(pids)
+    sorted_row = s.ndim == 2 and len(s) == 1  # FAISS gives each row best first: one row needs no merge
+    s, p = s.ravel(), p.ravel()
     ok = p >= 0
     if allowed_photos is not None:
         ok &= np.isin(p, allowed_photos)
-    s, p = s[ok], p[ok]
-    order = np.argsort(-s, kind="stable")
-    s, p = s[order], p[order]
+    if not ok.all():
+        s, p = s[ok], p[ok]
+    if not sorted_row:
+        order = np.argsort(-s, kind="stable")
+        s, p = s[order], p[order]
     items = snap.items_of(p)
     out, seen = [], set(skip)
     for item, score, photo in zip(items.tolist(), s.tolist(), p.tolist(), strict=True):
