@@ -202,3 +202,19 @@ def test_photo_to_item_map_from_memory_matches_sqlite(shop, built_index):
             assert snap.has_item(item.id) and sorted(snap.photos_of([item.id]).tolist()) == [p.id for p in item.photos]
         assert not snap.has_item(-1) and not snap.has_item(max(ids) + 1) and snap.item_vectors([]) == {}
         snap.close()
+
+
+def test_items_read_by_a_snapshot_are_kept_up_to_the_cache_size(built_index, monkeypatch):
+    from simsearch.store import reader
+
+    monkeypatch.setattr(reader, "ITEM_CACHE", 3)
+    snap = reader.Snapshot.open(built_index.path)
+    ids = [int(i) for i in built_index.ids()]
+    truth = {it.id: it for it in snap.meta.items(ids)}
+    for wanted in ([ids[0], ids[1]], [ids[2], 10**9, ids[0], ids[0]], ids[::-1], [ids[3], ids[1]], []):
+        got = snap.items(wanted)
+        assert [(it.id, it.key, it.photo_paths) for it in got] == [
+            (truth[i].id, truth[i].key, truth[i].photo_paths) for i in wanted if i in truth
+        ]
+        assert len(snap._items) <= 3
+    snap.close()

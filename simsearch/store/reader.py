@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -27,7 +27,7 @@ class Snapshot:
 
     The photo → item map and the item attributes are loaded on first use (a query without filters on an index
     of single-photo items never needs them) and kept for the life of the snapshot; so are the items that searches
-    return, up to :data:`ITEM_CACHE` of the most recent (a long-lived reader such as the service answers from
+    return, up to :data:`ITEM_CACHE` of those read last (a long-lived reader such as the service answers from
     memory; a one-shot query reads only its hits).
     """
 
@@ -46,7 +46,7 @@ class Snapshot:
         self._identity: bool | None = None  # whether the photo map is photo i -> item i for i in 0..n-1
         self._attributes: tuple[np.ndarray, AttributeTable] | None = None
         self._lookups = 0  # photo → item lookups answered from SQLite (see items_of)
-        self._items: OrderedDict[int, Item] = OrderedDict()  # least recently used first
+        self._items: dict[int, Item] = {}  # in the order they were read
 
     @classmethod
     def open(cls, path: str | Path, *, mmap: bool = False) -> Snapshot:
@@ -114,20 +114,17 @@ class Snapshot:
 
     def items(self, ids: Iterable[int]) -> list[Item]:
         """Items by id, in the order given (unknown ids left out), from memory when read before."""
-        wanted = [int(i) for i in ids]
+        cache = self._items  # read without the lock: a dict look-up is atomic, and entries never change
+        found = [(i, cache.get(i)) for i in map(int, ids)]
+        missing = [i for i, it in found if it is None]
+        if not missing:
+            return [it for _, it in found if it is not None]
+        read = {it.id: it for it in self.meta.items(missing)}
         with self._lock:
-            cached = {i: self._items[i] for i in wanted if i in self._items}
-            for i in cached:
-                self._items.move_to_end(i)
-        missing = [i for i in wanted if i not in cached]
-        if missing:
-            read = self.meta.items(missing)
-            with self._lock:
-                for it in read:
-                    cached[it.id] = self._items[it.id] = it
-                while len(self._items) > ITEM_CACHE:
-                    self._items.popitem(last=False)
-        return [cached[i] for i in wanted if i in cached]
+            cache.update(read)
+            for old in list(itertools.islice(cache, max(0, len(cache) - ITEM_CACHE))):  # the first read go first
+                del cache[old]
+        return [it if it is not None else read[i] for i, it in found if it is not None or i in read]
 
     def _rows_of(self, item_ids) -> np.ndarray:
         """Rows of the photo map (ascending) that belong to the given items: binary searches, not a scan."""
