@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -25,11 +24,12 @@ from .backbones import l2_normalize
 from .config import LIMITS
 from .errors import SimsearchError
 from .filters import compile_filter
+from .hits import Hit, best_per_item, first_per_item, hits_of, stored_items
 from .rules import NO_RULES, Rules, apply_rules
 from .search_augment import augmented_vectors, expand, merged, search_spec
 from .search_live import expand_live, rank_live
-from .store import Item, Snapshot
-from .store.live import LiveItem, LiveState
+from .store import Snapshot
+from .store.live import LiveState
 
 BROAD_FILTER = 0.3  # a filter matching at least this share of the photos over-fetches; narrower ones use a selector
 SUBSET_SEARCH_MAX = 50_000  # narrow filters on approximate indexes: exact search over the matching vectors
@@ -48,23 +48,6 @@ class Searchable(Protocol):
     def live_state(self) -> LiveState: ...
 
     def item_vectors(self, item_id: int) -> np.ndarray | None: ...
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result: an item."""
-
-    rank: int
-    id: int
-    score: float
-    path: str  # of the photo that matched best, relative to its root
-    label: str | None
-    abspath: str
-    key: str = ""
-    attributes: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _is_id(q) -> bool:
@@ -254,16 +237,21 @@ def _search_rows(
     skip_photos = snap.photos_of(base_skip) if base_skip else np.zeros(0, np.int64)
     fetch = min(n, k + len(skip_photos))
     scores, pids = snap.faiss.search(np.ascontiguousarray(rows, dtype=np.float32), fetch)
+    items = snap.items_of(pids.ravel()).reshape(pids.shape)  # one look-up for the batch, then plain lists
+    ranked_rows = [
+        best_per_item(s, p, i, base_skip)
+        for s, p, i in zip(scores.tolist(), pids.tolist(), items.tolist(), strict=True)
+    ]
+    stored = stored_items(snap, live, [r[0] for ranked in ranked_rows for r in ranked[:k]])
     out = []
-    for i in range(len(rows)):
-        ranked = _first_per_item(snap, scores[i : i + 1], pids[i : i + 1], None, base_skip)
+    for i, ranked in enumerate(ranked_rows):
         if len(ranked) < k and fetch < n:  # fewer left than asked (rare): this row on its own, as _search would
             out.append(_search(index, rows[i : i + 1], k, skip, filter, rules))
             continue
         live_ranked = rank_live(live, rows[i : i + 1], None, skip, limit=k)
         if live_ranked:
             ranked = sorted(ranked[:k] + live_ranked, key=lambda r: -r[1])
-        out.append(_hits(snap, live, ranked[:k], rules.fields))
+        out.append(hits_of(snap, live, ranked[:k], rules.fields, stored))
     return out
 
 
@@ -337,7 +325,7 @@ def _search(
         if len(kept) >= k or exhausted:
             break
         want *= 2
-    return _hits(snap, live, kept[:k], rules.fields)
+    return hits_of(snap, live, kept[:k], rules.fields)
 
 
 def _collect(snap: Snapshot, queries, want: int, allowed, skip: set[int], live_ranked: list, *, augmented: bool):
@@ -374,7 +362,7 @@ def _search_augmented(live: LiveState, queries, k: int, skip: set[int], allowed,
     live_aug = expand_live(live, spec)
     live_raw = rank_live(live, queries, filter, skip, limit=spec.guard + 1)
     if found is not None:
-        stored = _first_per_item(snap, found[0], found[1], None, base_skip)
+        stored = first_per_item(snap, found[0], found[1], None, base_skip)
         raw = (sorted(stored + live_raw, key=lambda r: -r[1]) if live_raw else stored)[: spec.guard + 1]
     else:
         raw, _ = _collect(snap, queries, spec.guard + 1, allowed, base_skip, live_raw, augmented=False)
@@ -393,7 +381,7 @@ def _search_augmented(live: LiveState, queries, k: int, skip: set[int], allowed,
         if len(kept) >= k or exhausted:
             break
         want *= 2
-    return _hits(snap, live, kept[:k], rules.fields)
+    return hits_of(snap, live, kept[:k], rules.fields)
 
 
 def _ranked(
@@ -427,7 +415,7 @@ def _ranked(
     while True:
         fetch = min(fetch, n)
         scores, pids = index.search(queries, fetch) if params is None else index.search(queries, fetch, params=params)
-        ranked = _first_per_item(snap, scores, pids, allowed_photos if post_filter else None, skip)
+        ranked = first_per_item(snap, scores, pids, allowed_photos if post_filter else None, skip)
         exhausted = fetch >= n or (allowed_photos is not None and params is not None and fetch >= len(allowed_photos))
         if len(ranked) >= want or exhausted:
             return ranked[:want]
@@ -449,29 +437,7 @@ def _subset_ranked(
     vecs = np.asarray(index.reconstruct_batch(photos), dtype=np.float32)
     scores = queries @ vecs.T
     order = np.argsort(-scores, axis=1)
-    return _first_per_item(snap, np.take_along_axis(scores, order, 1), photos[order], None, set())[:want]
-
-
-def _first_per_item(snap: Snapshot, scores, pids, allowed_photos, skip: set[int]) -> list[tuple[int, float, int]]:
-    """Merge the rows of a multi-vector query and keep each item's best photo, best first."""
-    s, p = np.asarray(scores), np.asarray(pids)
-    sorted_row = s.ndim == 2 and len(s) == 1  # FAISS gives each row best first: one row needs no merge
-    s, p = s.ravel(), p.ravel()
-    ok = p >= 0
-    if allowed_photos is not None:
-        ok &= np.isin(p, allowed_photos)
-    if not ok.all():
-        s, p = s[ok], p[ok]
-    if not sorted_row:
-        order = np.argsort(-s, kind="stable")
-        s, p = s[order], p[order]
-    items = snap.items_of(p)
-    out, seen = [], set(skip)
-    for item, score, photo in zip(items.tolist(), s.tolist(), p.tolist(), strict=True):
-        if item >= 0 and item not in seen:
-            seen.add(item)
-            out.append((item, score, photo))
-    return out
+    return first_per_item(snap, np.take_along_axis(scores, order, 1), photos[order], None, set())[:want]
 
 
 def _mean_pooled(snap: Snapshot, queries: np.ndarray, ranked: list, *, augmented: bool = False) -> list:
@@ -482,47 +448,3 @@ def _mean_pooled(snap: Snapshot, queries: np.ndarray, ranked: list, *, augmented
     q = l2_normalize(queries.mean(axis=0))
     rescored = [(item, float(l2_normalize(vecs[item].mean(axis=0)) @ q), photo) for item, _, photo in ranked]
     return sorted(rescored, key=lambda r: -r[1])
-
-
-def _new_hit(
-    rank: int, item_id: int, score: float, path: str, label: str | None, abspath: str, key: str, attributes: dict
-) -> Hit:
-    """``Hit(rank=..., ...)`` with every field given, without the frozen dataclass's eight ``object.__setattr__``
-    calls (they were a third of the time a service spends turning a search into hits): the same object."""
-    hit = object.__new__(Hit)
-    hit.__dict__.update(
-        rank=rank, id=item_id, score=score, path=path, label=label, abspath=abspath, key=key, attributes=attributes
-    )
-    return hit
-
-
-def _hits(snap: Snapshot, live: LiveState, ranked: list, fields: tuple[str, ...] | None) -> list[Hit]:
-    live_by_id: dict[int, LiveItem] = live.by_id
-    stored: dict[int, Item] = {it.id: it for it in snap.items([r[0] for r in ranked if r[0] not in live_by_id])}
-    out: list[Hit] = []
-    for item_id, score, photo_id in ranked:
-        if item_id in live_by_id:
-            li = live_by_id[item_id]
-            photo = li.photos[list(li.photo_ids).index(photo_id)] if photo_id in li.photo_ids else li.photos[0]
-            key, attributes, path, abspath = li.key, li.attributes, Path(photo).name, photo
-        elif item_id in stored:
-            it = stored[item_id]
-            paths = it.photo_paths
-            path, abspath = paths.get(photo_id) or next(iter(paths.values()), ("", ""))
-            key, attributes = it.key, it.attributes
-        else:
-            continue
-        label = attributes.get("label")
-        out.append(
-            _new_hit(
-                len(out) + 1,
-                item_id,
-                round(float(score), 6),
-                path,
-                None if label is None else str(label),
-                abspath,
-                key,
-                dict(attributes) if fields is None else {f: attributes.get(f) for f in fields},
-            )
-        )
-    return out

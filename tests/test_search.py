@@ -69,7 +69,7 @@ def test_hits_describe_the_items(built_index):
         item = built_index.item(h.id)
         assert (h.path, h.label, h.abspath) == (item.path, item.label, str(item.abspath))
         assert h.to_dict()["id"] == h.id
-        # built without Hit's __init__ (see search._new_hit): every field, in order, as Hit(...) would hold them
+        # built without Hit's __init__ (see hits._new_hit): every field, in order, as Hit(...) would hold them
         assert list(vars(h)) == [f.name for f in dataclasses.fields(Hit)]
         assert h == Hit(**vars(h)) and repr(h) == repr(Hit(**vars(h)))
         with pytest.raises(dataclasses.FrozenInstanceError):
