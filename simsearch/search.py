@@ -211,12 +211,11 @@ def search_vectors(
         raise SimsearchError(f"query vectors must have dim {snap.manifest.dim}, not {arr.shape[-1]}")
     skip = _resolve_ids(index, exclude)
     checked = arr.astype(np.float32, copy=False) if unit else check_vectors(arr, snap.manifest.dim)
-    rows = [checked[i : i + 1] for i in range(len(checked))]
-    raw = search_spec(snap, augment) is None
-    together = _search_rows(index, np.vstack(rows), k, skip, filter, rules) if len(rows) > 1 and raw else None
-    if together is not None:
-        return together
-    return [_search(index, q, k, skip, filter, rules, augment) for q in rows]
+    if len(checked) and search_spec(snap, augment) is None:  # one FAISS call when nothing needs a search per row
+        together = _search_rows(index, checked, k, skip, filter, rules)
+        if together is not None:
+            return together
+    return [_search(index, checked[i : i + 1], k, skip, filter, rules, augment) for i in range(len(checked))]
 
 
 def _search_rows(
