@@ -72,6 +72,20 @@ def _new_hit(
     return hit
 
 
+def ranked_again(hits: list[Hit]) -> list[Hit]:
+    """The hits numbered 1, 2, ... again (after some were dropped), as ``dataclasses.replace(h, rank=r)`` would
+    give them, without running ``__init__`` for each (a service drops the query item from most "more like this"
+    results)."""
+    out = []
+    for r, h in enumerate(hits, 1):
+        if h.rank != r:
+            new = object.__new__(type(h))
+            new.__dict__.update(vars(h), rank=r)
+            h = new
+        out.append(h)
+    return out
+
+
 def stored_items(snap: Snapshot, live: LiveState, ids: list[int]) -> dict[int, Item]:
     """The generation's items among ``ids`` (live ones are read from the live state)."""
     return {it.id: it for it in snap.items([i for i in ids if i not in live.by_id])}

@@ -30,13 +30,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from .config.limits import LIMITS
 from .config.serve import BatchSpec
 from .errors import SimsearchError
+from .hits import ranked_again
 from .search import Hit, Searchable, check_vector, search_vectors
 
 UNIT_TOLERANCE = 1e-4  # |v.v - 1| below which a submitted vector counts as unit (float32 rounding is ~1e-6)
@@ -233,6 +234,5 @@ class Searcher:
             return
         for j, row in zip(jobs, rows, strict=True):
             if j.exclude and not j.alone:
-                row = [h for h in row if h.id not in j.exclude][: j.k]
-                row = [h if h.rank == r else replace(h, rank=r) for r, h in enumerate(row, 1)]
+                row = ranked_again([h for h in row if h.id not in j.exclude][: j.k])
             j.future.set_result(row[: j.k])

@@ -297,3 +297,18 @@ def test_query_vectors_are_normalised_row_by_row():
     with pytest.raises(SimsearchError, match="dim 32"):
         check_vectors(np.ones((2, 31)), 32)
     assert check_vectors(np.empty((0, 32)), 32).shape == (0, 32)
+
+
+def test_hits_ranked_again_are_what_replace_gives(built_index):
+    from simsearch.hits import ranked_again
+
+    @dataclasses.dataclass(frozen=True)
+    class Tagged(Hit):
+        tag: str = "x"
+
+    hits = built_index.search(0, k=6)
+    kept = [h for h in hits if h.rank % 2] + [Tagged(**vars(hits[1]), tag="y")]
+    again = ranked_again(kept)
+    assert again == [dataclasses.replace(h, rank=r) for r, h in enumerate(kept, 1)]
+    assert [type(h) for h in again] == [type(h) for h in kept] and again[-1].tag == "y"
+    assert again[0] is kept[0] and kept[1].rank == 3  # unchanged hits are kept; the originals are not modified
