@@ -51,7 +51,11 @@ def first_per_item(snap: Snapshot, scores, pids, allowed_photos, skip: set[int])
 
 def best_per_item(scores: list[float], photos: list[int], items: list[int], skip: set[int]) -> list[tuple]:
     """(item, score, photo) of the first photo of each item in a ranking (best first), leaving out unknown
-    photos (item -1) and ``skip``."""
+    photos (item -1) and ``skip``. Equal scores go to the lower item id (then photo id), as in the live segment
+    (FAISS returns ties in no particular order)."""
+    if any(a == b for a, b in zip(scores, scores[1:])):
+        order = sorted(range(len(scores)), key=lambda i: (-scores[i], items[i], photos[i]))
+        scores, photos, items = [scores[i] for i in order], [photos[i] for i in order], [items[i] for i in order]
     out, seen = [], set(skip)
     for item, score, photo in zip(items, scores, photos, strict=True):
         if item >= 0 and item not in seen:
@@ -70,20 +74,6 @@ def _new_hit(
         rank=rank, id=item_id, score=score, path=path, label=label, abspath=abspath, key=key, attributes=attributes
     )
     return hit
-
-
-def ranked_again(hits: list[Hit]) -> list[Hit]:
-    """The hits numbered 1, 2, ... again (after some were dropped), as ``dataclasses.replace(h, rank=r)`` would
-    give them, without running ``__init__`` for each (a service drops the query item from most "more like this"
-    results)."""
-    out = []
-    for r, h in enumerate(hits, 1):
-        if h.rank != r:
-            new = object.__new__(type(h))
-            new.__dict__.update(vars(h), rank=r)
-            h = new
-        out.append(h)
-    return out
 
 
 def stored_items(snap: Snapshot, live: LiveState, ids: list[int]) -> dict[int, Item]:

@@ -202,48 +202,57 @@ def search_vectors(
     rules: Rules = NO_RULES,
     augment: bool | str | None = None,
     unit: bool = False,
+    exclude_per_row: Sequence[Iterable] | None = None,
 ) -> list[list[Hit]]:
     """Batch search: one result list per row of ``vectors`` ``(n, dim)`` (any finite non-zero rows; ``unit``: the
-    rows are already unit float32 rows, as :func:`check_vectors` gives them, and are not checked again)."""
+    rows are already unit float32 rows, as :func:`check_vectors` gives them, and are not checked again).
+    ``exclude`` applies to every row; ``exclude_per_row`` (one entry per row) adds each row's own (e.g. the item
+    each row asks "more like this" of)."""
     snap = index.live_state().snapshot
     arr = np.atleast_2d(np.asarray(vectors))
     if arr.ndim != 2 or arr.shape[1] != snap.manifest.dim:
         raise SimsearchError(f"query vectors must have dim {snap.manifest.dim}, not {arr.shape[-1]}")
     skip = _resolve_ids(index, exclude)
+    if exclude_per_row is None:
+        skips = [skip] * len(arr)
+    elif len(exclude_per_row) == len(arr):
+        skips = [skip | _resolve_ids(index, own) for own in exclude_per_row]
+    else:
+        raise SimsearchError(f"exclude_per_row has {len(exclude_per_row)} entries for {len(arr)} query vectors")
     checked = arr.astype(np.float32, copy=False) if unit else check_vectors(arr, snap.manifest.dim)
     if len(checked) and search_spec(snap, augment) is None:  # one FAISS call when nothing needs a search per row
-        together = _search_rows(index, checked, k, skip, filter, rules)
+        together = _search_rows(index, checked, k, skips, filter, rules)
         if together is not None:
             return together
-    return [_search(index, checked[i : i + 1], k, skip, filter, rules, augment) for i in range(len(checked))]
+    return [_search(index, checked[i : i + 1], k, skips[i], filter, rules, augment) for i in range(len(checked))]
 
 
 def _search_rows(
-    index: Searchable, rows: np.ndarray, k, skip: set[int], filter, rules: Rules
+    index: Searchable, rows: np.ndarray, k, skips: list[set[int]], filter, rules: Rules
 ) -> list[list[Hit]] | None:
     """Independent rows in one FAISS call (an exact index reads its vectors once for all of them, as a matrix
-    product), when nothing calls for a search per row: one photo per item, no filter, no rules. Live items are
-    merged per row as :func:`_search` merges them. Gives what :func:`_search` gives each row; None when a
-    row-by-row search is needed."""
+    product), when nothing calls for a search per row: one photo per item, no filter, no rules. ``skips``: the
+    items each row leaves out. Live items are merged per row as :func:`_search` merges them. Gives what
+    :func:`_search` gives each row; None when a row-by-row search is needed."""
     k = _check_k(k)
     live = index.live_state()
     snap = live.snapshot
     simple = snap.single_photo and rules == NO_RULES and snap.faiss.ntotal > 0
     if not simple or allowed_items(snap, filter, live.schema) is not None:
         return None
-    base_skip = skip | live.hidden
+    base_skips = [skip | live.hidden for skip in skips]
     n = int(snap.faiss.ntotal)
-    skip_photos = snap.photos_of(base_skip) if base_skip else np.zeros(0, np.int64)
-    fetch = min(n, k + len(skip_photos))
+    fetch = min(n, k + max(map(len, base_skips)))  # one photo per item: at most one result per skipped item
     scores, pids = snap.faiss.search(np.ascontiguousarray(rows, dtype=np.float32), fetch)
     items = snap.items_of(pids.ravel()).reshape(pids.shape)  # one look-up for the batch, then plain lists
     ranked_rows = [
         best_per_item(s, p, i, base_skip)
-        for s, p, i in zip(scores.tolist(), pids.tolist(), items.tolist(), strict=True)
+        for s, p, i, base_skip in zip(scores.tolist(), pids.tolist(), items.tolist(), base_skips, strict=True)
     ]
     stored = stored_items(snap, live, [r[0] for ranked in ranked_rows for r in ranked[:k]])
     out = []
     for i, ranked in enumerate(ranked_rows):
+        skip = skips[i]
         if len(ranked) < k and fetch < n:  # fewer left than asked (rare): this row on its own, as _search would
             out.append(_search(index, rows[i : i + 1], k, skip, filter, rules))
             continue

@@ -13,8 +13,9 @@ group through :func:`simsearch.search.search_vectors` and hands every caller its
 list: no added latency when idle (a batch of one), several times the throughput under load. Once batches of several
 queries show that requests arrive together, the worker waits up to ``linger_s`` for a batch to fill.
 
-Excluded ids are over-fetched and dropped per query (a few), or searched alone with a FAISS selector (many). The
-results are exactly those of ``search_vectors(index, vector[None], k, exclude=..., filter=...)``.
+Each query's excluded ids go with it into the batch (``exclude_per_row``: the index search fetches enough for the
+row that excludes most), or, when there are many, it is searched alone with a FAISS selector. The results are
+exactly those of ``search_vectors(index, vector[None], k, exclude=..., filter=...)``.
 
 How much a batch saves depends on :func:`~simsearch.search.search_vectors`: one index search for all its rows
 costs about what one row costs on an exact index; a search per row saves nothing but the hand-over.
@@ -37,7 +38,6 @@ import numpy as np
 from .config.limits import LIMITS
 from .config.serve import BatchSpec
 from .errors import SimsearchError
-from .hits import ranked_again
 from .search import Hit, Searchable, check_vector, search_vectors
 
 UNIT_TOLERANCE = 1e-4  # |v.v - 1| below which a submitted vector counts as unit (float32 rounding is ~1e-6)
@@ -222,9 +222,12 @@ class Searcher:
                 rows = search_vectors(
                     head.index, vectors, k=head.k, exclude=head.exclude, filter=head.filter, augment=aug, unit=True
                 )
-            else:
-                fetch = max(j.k + len(j.exclude) for j in jobs)
-                rows = search_vectors(head.index, vectors, k=fetch, filter=head.filter, augment=aug, unit=True)
+            else:  # each row leaves out its own items; the shorter ones are the top of the longest
+                k = max(j.k for j in jobs)
+                own = [j.exclude for j in jobs]
+                rows = search_vectors(
+                    head.index, vectors, k=k, exclude_per_row=own, filter=head.filter, augment=aug, unit=True
+                )
             with self._lock:
                 self.batches += 1
                 self.queries += len(jobs)
@@ -233,6 +236,4 @@ class Searcher:
                 j.future.set_exception(e)
             return
         for j, row in zip(jobs, rows, strict=True):
-            if j.exclude and not j.alone:
-                row = ranked_again([h for h in row if h.id not in j.exclude][: j.k])
             j.future.set_result(row[: j.k])

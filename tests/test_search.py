@@ -299,16 +299,14 @@ def test_query_vectors_are_normalised_row_by_row():
     assert check_vectors(np.empty((0, 32)), 32).shape == (0, 32)
 
 
-def test_hits_ranked_again_are_what_replace_gives(built_index):
-    from simsearch.hits import ranked_again
-
-    @dataclasses.dataclass(frozen=True)
-    class Tagged(Hit):
-        tag: str = "x"
-
-    hits = built_index.search(0, k=6)
-    kept = [h for h in hits if h.rank % 2] + [Tagged(**vars(hits[1]), tag="y")]
-    again = ranked_again(kept)
-    assert again == [dataclasses.replace(h, rank=r) for r, h in enumerate(kept, 1)]
-    assert [type(h) for h in again] == [type(h) for h in kept] and again[-1].tag == "y"
-    assert again[0] is kept[0] and kept[1].rank == 3  # unchanged hits are kept; the originals are not modified
+def test_search_vectors_with_each_rows_own_exclusions(built_index):
+    ids, vecs = built_index.vectors()
+    own = [[int(ids[0])], [], [int(i) for i in ids[:5]], ["no-such-key", 10**9]]
+    rows = search_vectors(built_index, vecs[:4], k=3, exclude=[int(ids[6])], exclude_per_row=own)
+    for v, mine, row in zip(vecs[:4], own, rows, strict=True):
+        alone = search_vectors(built_index, v, k=3, exclude=[int(ids[6]), *mine])[0]
+        assert [h.score for h in row] == pytest.approx([h.score for h in alone], abs=1e-5)
+        assert not {h.id for h in row} & {int(ids[6]), *mine}
+        assert_exact(row, built_index, v, 3, exclude=[int(ids[6]), *(i for i in mine if isinstance(i, int))])
+    with pytest.raises(SimsearchError, match="2 entries for 4"):
+        search_vectors(built_index, vecs[:4], k=3, exclude_per_row=[[], []])

@@ -673,12 +673,15 @@ def test_searcher_coalesces_waiting_queries(idx):
     for n, (v, fut) in enumerate(zip(vecs, futures, strict=True)):
         want = idx.search_vectors(v[None, :], k=1 + n % 4)[0]
         got = fut.result(timeout=30)
-        assert [h.id for h in got] == [h.id for h in want]
         assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-5)
+        # the same items, but among items tied with the last score (the fixture has duplicate photos) an index
+        # search that fetched more for the batch may keep another one
+        above = [h.id for h in want if h.score > want[-1].score + 1e-5]
+        assert [h.id for h in got[: len(above)]] == above
     ex = excluding.result(timeout=30)
     assert [h.rank for h in ex] == [1, 2, 3] and int(ids[0]) not in [h.id for h in ex]
     assert {h.label for h in filtered.result(timeout=30)} == {"cats"}
-    # the unfiltered ones (a few excluded ids are over-fetched and dropped) in one search, the filtered one apart
+    # the unfiltered ones (each with its own exclusions) in one search, the filtered one apart
     assert searcher.batches == 2 and searcher.queries == len(vecs) + 2
     assert len(searcher.search(idx, vecs[0], 2)) == 2  # and one at a time
     searcher.close()
@@ -782,3 +785,4 @@ def test_library_example_for_a_backend(index_path):
         assert c.get(hit["thumbnail"]).headers["content-type"] == "image/jpeg"
         page = c.get("/similar-images/")
         assert page.status_code == 200 and c.get("/similar-images/static/app.js").status_code == 200
+
