@@ -7,6 +7,7 @@ writes from the live state) and names the photo that matched.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def best_per_item(scores: list[float], photos: list[int], items: list[int], skip
     """(item, score, photo) of the first photo of each item in a ranking (best first), leaving out unknown
     photos (item -1) and ``skip``. Equal scores go to the lower item id (then photo id), as in the live segment
     (FAISS returns ties in no particular order)."""
-    if any(a == b for a, b in zip(scores, scores[1:])):
+    if any(a == b for a, b in itertools.pairwise(scores)):
         order = sorted(range(len(scores)), key=lambda i: (-scores[i], items[i], photos[i]))
         scores, photos, items = [scores[i] for i in order], [photos[i] for i in order], [items[i] for i in order]
     out, seen = [], set(skip)
