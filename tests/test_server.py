@@ -785,4 +785,3 @@ def test_library_example_for_a_backend(index_path):
         assert c.get(hit["thumbnail"]).headers["content-type"] == "image/jpeg"
         page = c.get("/similar-images/")
         assert page.status_code == 200 and c.get("/similar-images/static/app.js").status_code == 200
-
