@@ -181,10 +181,13 @@ class Snapshot:
         """The photo vectors (or ``augmented`` ones) of each item, ``{item id: (n_photos, dim)}``."""
         pids, items = self.photo_map()
         source = self.augmented if augmented and self.augmented is not None else self.faiss
+        if not isinstance(item_ids, (list, tuple, np.ndarray)):
+            item_ids = list(item_ids)
+        if self._is_identity() and len(item_ids) == 1:  # "more like this": one reconstruct
+            one = int(item_ids[0])
+            return {one: np.asarray(source.reconstruct(one), np.float32)[None, :]} if 0 <= one < len(pids) else {}
         rows = self._rows_of(item_ids)
         if self._is_identity():  # item i is photo i, one vector each
-            if len(rows) == 1:  # ("more like this" item: FAISS reconstructs one id quicker than a batch)
-                return {int(rows[0]): np.asarray(source.reconstruct(int(rows[0])), dtype=np.float32)[None, :]}
             vecs = np.asarray(source.reconstruct_batch(rows), dtype=np.float32)
             return {i: vecs[j : j + 1] for j, i in enumerate(rows.tolist())}
         sel_p, sel_i = pids[rows], items[rows]
