@@ -11,6 +11,7 @@ generation in between). Vectors are those of the embedder the index would have m
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import Sequence
@@ -83,3 +84,27 @@ def preload_embedder(
     if not any(outside_roots(manifest, im) for im in images):
         return None
     return PendingEmbedder(manifest, options)
+
+
+# the loads started ahead of their command (start_preload), by command line: taken once by take_preload
+_STARTED: dict[str, PendingEmbedder | None] = {}
+
+
+def _started_key(index_path: str | Path, images: Sequence[str | Path], options: dict[str, Any]) -> str:
+    return json.dumps([str(index_path), [str(im) for im in images], options], sort_keys=True, default=str)
+
+
+def start_preload(index_path: str | Path, images: Sequence[str | Path], options: dict[str, Any]) -> None:
+    """:func:`preload_embedder`, started now for the command that will ask for it with :func:`take_preload` (the
+    CLI starts a query's model before the query code is imported)."""
+    _STARTED[_started_key(index_path, images, options)] = preload_embedder(index_path, images, options)
+
+
+def take_preload(
+    index_path: str | Path, images: Sequence[str | Path], options: dict[str, Any]
+) -> PendingEmbedder | None:
+    """The load :func:`start_preload` started for exactly these arguments (once), else :func:`preload_embedder`."""
+    key = _started_key(index_path, images, options)
+    if key in _STARTED:
+        return _STARTED.pop(key)
+    return preload_embedder(index_path, images, options)

@@ -21,11 +21,12 @@ from conftest import CALTECH, REPO, SAMPLE
 from PIL import Image
 
 import simsearch
-from simsearch import engines
+from simsearch import engines, preload
+from simsearch.cli.query_options import embedder_options, warm_up
 from simsearch.embed import cached_embedder_for_index
 from simsearch.engines import create_engine
 from simsearch.errors import BackboneError
-from simsearch.preload import preload_embedder
+from simsearch.preload import preload_embedder, take_preload
 from simsearch.system import package_version
 
 HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None and engines.openvino_available()
@@ -235,6 +236,55 @@ def test_a_new_photo_query_loads_the_model_while_the_index_opens(ov_index, tmp_p
     # a photo inside the indexed folder may be an indexed one, whose query needs no model: nothing is loaded
     assert preload_embedder(ov_index, [next((SAMPLE / "flowers").glob("*.jpg"))], options) is None
     assert preload_embedder(tmp_path / "no-index", [image], options) is None
+
+
+# runs the CLI, and reports which of these modules were imported when the model's thread started
+CLI_REPORTING_PRELOAD_START = """
+import json, sys
+from simsearch import preload
+init = preload.PendingEmbedder.__init__
+def reporting(self, *args, **kwargs):
+    seen = [m for m in ("faiss", "simsearch.index", "simsearch.cli.querying") if m in sys.modules]
+    print("PRELOAD " + json.dumps(seen), file=sys.stderr)
+    init(self, *args, **kwargs)
+preload.PendingEmbedder.__init__ = reporting
+from simsearch.cli import main
+sys.argv[0] = "simsearch"
+main()
+"""
+
+
+@needs_openvino
+def test_a_query_starts_its_model_before_importing_the_query_code(ov_index, tmp_path):
+    image = new_photo(SAMPLE / "animals" / "dogs_at_window.jpg", tmp_path / "new.jpg")
+    proc = run_python(CLI_REPORTING_PRELOAD_START, "query", str(ov_index), "-k", "3", str(image), "--json")
+    assert proc.returncode == 0, proc.stderr
+    starts = [json.loads(line.split(" ", 1)[1]) for line in proc.stderr.splitlines() if line.startswith("PRELOAD ")]
+    assert starts == [[]]  # once, before FAISS, the index facade and the query command were imported
+    assert len(json.loads(proc.stdout)["results"]) == 3
+    # an indexed photo needs no model; bad arguments start nothing (the command then says what is wrong)
+    indexed = str(next((SAMPLE / "flowers").glob("*.jpg")))
+    for args in (["query", str(ov_index), indexed], ["query", str(ov_index), str(image), "-k", "0"]):
+        proc = run_python(CLI_REPORTING_PRELOAD_START, *args)
+        assert "PRELOAD" not in proc.stderr, args
+
+
+@needs_openvino
+def test_a_load_started_ahead_is_taken_once_by_the_same_arguments(ov_index, tmp_path):
+    image = new_photo(SAMPLE / "animals" / "dogs_at_window.jpg", tmp_path / "new.jpg")
+    warm_up([str(ov_index), str(image), "--label", "dogs", "-k", "4"])  # what `simsearch query ...` starts
+    assert len(preload._STARTED) == 1
+    options = embedder_options([str(image)])
+    assert options["engine_options"]["static_batch"] == 1
+    other = take_preload(str(ov_index), [str(image)], {})  # other options: a load of its own
+    assert other is not None and other.options == {} and len(preload._STARTED) == 1
+    pending = take_preload(str(ov_index), [str(image)], options)
+    assert pending is not None and not preload._STARTED
+    assert pending.result(pending.manifest, options).engine.static_batch == 1
+    again = take_preload(str(ov_index), [str(image)], options)  # taken once: the next one is a new load
+    assert again is not None and again is not pending
+    for p in (other, again):
+        p.wait()
 
 
 def test_package_versions_are_those_of_importlib_metadata():

@@ -107,6 +107,11 @@ COMMANDS = {
 }
 
 
+# command -> the module whose warm_up(args) it runs before its own module is imported (query: the model starts
+# loading in a thread while the query code is imported)
+WARM_UPS = {"query": "query_options"}
+
+
 class LazyGroup(click.Group):
     """A group whose commands register themselves (``@main.command``) in the modules of :data:`COMMANDS`,
     imported on first use."""
@@ -118,6 +123,12 @@ class LazyGroup(click.Group):
         if cmd_name not in self.commands and cmd_name in COMMANDS:
             importlib.import_module(f"{__package__}.{COMMANDS[cmd_name]}")
         return super().get_command(ctx, cmd_name)
+
+    def invoke(self, ctx: click.Context) -> object:
+        args = [*ctx.protected_args, *ctx.args]
+        if args and args[0] in WARM_UPS and args[0] not in self.commands:
+            importlib.import_module(f"{__package__}.{WARM_UPS[args[0]]}").warm_up(args[1:])
+        return super().invoke(ctx)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
