@@ -23,6 +23,7 @@ from PIL import Image
 import simsearch
 from simsearch import engines, preload
 from simsearch.cli.query_options import embedder_options, warm_up
+from simsearch.config import STARTUP
 from simsearch.embed import cached_embedder_for_index
 from simsearch.engines import create_engine
 from simsearch.errors import BackboneError
@@ -60,8 +61,12 @@ finally:
 """
 
 
-def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
+def run_python(code: str, *args: str, blas_threads: str | None = None) -> subprocess.CompletedProcess:
+    """``python -c code args`` on this tree; the environment's OPENBLAS_NUM_THREADS replaced by ``blas_threads``."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env.pop("OPENBLAS_NUM_THREADS", None)
+    if blas_threads is not None:
+        env["OPENBLAS_NUM_THREADS"] = blas_threads
     return subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300
     )
@@ -140,6 +145,8 @@ def test_importing_simsearch_and_its_cli_loads_no_heavy_or_unneeded_code():
         "print(json.dumps(sorted(sys.modules)))\n"
         "import simsearch.search, simsearch.sync\n"
         "assert callable(simsearch.search) and simsearch.search.__module__ == 'simsearch.search'\n"
+        "from simsearch import search, recommend, Hit, Rules\n"
+        "assert search is simsearch.search and recommend.__module__ == 'simsearch.search' and Hit.__name__ == 'Hit'\n"
         "assert simsearch.UpdateReport is simsearch.sync.UpdateReport and simsearch.open_index.__name__ == 'open_index'\n"
         "from simsearch.index import build_index, verify_index\n"
         "assert build_index.__module__ == 'simsearch.build' and verify_index.__module__ == 'simsearch.verify'\n"
@@ -149,6 +156,7 @@ def test_importing_simsearch_and_its_cli_loads_no_heavy_or_unneeded_code():
     assert proc.returncode == 0, proc.stderr
     modules = set(json.loads(proc.stdout))
     heavy = ["torch", "timm", "openvino", "faiss", "nncf", "fastapi", "simsearch.build", "simsearch.index"]
+    heavy += ["numpy", "simsearch.search"]  # the CLI sets numpy's BLAS threads before numpy is imported
     assert [m for m in heavy if m in modules] == []
     assert not [m for m in modules if m.startswith("simsearch.cli.") and m != "simsearch.cli._common"]
 
@@ -285,6 +293,33 @@ def test_a_load_started_ahead_is_taken_once_by_the_same_arguments(ov_index, tmp_
     assert again is not None and again is not pending
     for p in (other, again):
         p.wait()
+
+
+# runs the CLI, and reports the BLAS thread setting the process ended with
+CLI_REPORTING_BLAS = """
+import atexit, os, sys
+atexit.register(lambda: print("BLAS", os.environ.get("OPENBLAS_NUM_THREADS"), file=sys.stderr))
+from simsearch.cli import main
+sys.argv[0] = "simsearch"
+main()
+"""
+
+
+@needs_openvino
+def test_quick_commands_run_numpy_on_one_blas_thread_with_the_same_results(ov_index, tmp_path):
+    image = new_photo(SAMPLE / "animals" / "dogs_at_window.jpg", tmp_path / "new.jpg")
+    query = ["query", str(ov_index), str(image), "-k", "8", "--json"]
+    quick = run_python(CLI_REPORTING_BLAS, *query)
+    assert quick.returncode == 0, quick.stderr
+    assert f"BLAS {STARTUP.blas_threads}" in quick.stderr and "query" in STARTUP.quick_commands
+    # the environment's own setting wins, and the results are those of numpy's default threads
+    two = run_python(CLI_REPORTING_BLAS, *query, blas_threads="2")
+    assert "BLAS 2" in two.stderr and json.loads(two.stdout) == json.loads(quick.stdout)
+    recommend = run_python(CLI_REPORTING_BLAS, "recommend", str(ov_index), "-p", "1", "-n", "2", "--json")
+    assert recommend.returncode == 0 and f"BLAS {STARTUP.blas_threads}" in recommend.stderr
+    assert len(json.loads(recommend.stdout)["results"]) > 0
+    other = run_python(CLI_REPORTING_BLAS, "info", str(ov_index), "--json")  # any other command: untouched
+    assert other.returncode == 0 and "BLAS None" in other.stderr
 
 
 def test_package_versions_are_those_of_importlib_metadata():

@@ -9,12 +9,16 @@ import gc
 import importlib
 import json
 import logging
+import os
 import sqlite3
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import click
 
 from .._version import __version__
+from ..config import STARTUP
 from ..errors import SimsearchError
 
 log = logging.getLogger("simsearch")
@@ -107,6 +111,13 @@ COMMANDS = {
 }
 
 
+def limit_blas_threads(command: str | None) -> None:
+    """For a quick command (:data:`~simsearch.config.STARTUP`), numpy's BLAS starts one thread, unless the
+    environment says otherwise (or numpy is already imported: then nothing changes)."""
+    if command in STARTUP.quick_commands and "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", str(STARTUP.blas_threads))
+
+
 # command -> the module whose warm_up(args) it runs before its own module is imported (query: the model starts
 # loading in a thread while the query code is imported)
 WARM_UPS = {"query": "query_options"}
@@ -123,6 +134,12 @@ class LazyGroup(click.Group):
         if cmd_name not in self.commands and cmd_name in COMMANDS:
             importlib.import_module(f"{__package__}.{COMMANDS[cmd_name]}")
         return super().get_command(ctx, cmd_name)
+
+    def main(self, args: Sequence[str] | None = None, *rest: Any, **kwargs: Any) -> Any:
+        """Click's ``main``, after what the command line's command needs before anything imports numpy."""
+        argv = list(sys.argv[1:] if args is None else args)
+        limit_blas_threads(next((a for a in argv if not a.startswith("-")), None))
+        return super().main(args, *rest, **kwargs)
 
     def invoke(self, ctx: click.Context) -> object:
         args = [*ctx.protected_args, *ctx.args]
