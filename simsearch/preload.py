@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .embed import Embedder, cached_embedder_for_index
+from .embed import Embedder, cached_backbone_of, cached_embedder_for_index
 from .engines import openvino_available
 from .store import Manifest, existing_index, read_manifest
 
@@ -41,12 +41,15 @@ class PendingEmbedder:
         # OpenVINO is imported here, in the caller's thread: importing holds the GIL wherever it runs, and the
         # thread's compile, which does not, then starts at once
         openvino_available()
+        # so are the look-ups before the compile (the cache key's package versions, the cached model's files): a
+        # few ms here, where in the thread each file read would wait for the GIL behind the caller's imports
+        self._backbone = cached_backbone_of(manifest)
         self._thread = threading.Thread(target=self._load, name="simsearch-preload")
         self._thread.start()
 
     def _load(self) -> None:
         try:
-            self._embedder = cached_embedder_for_index(self.manifest, **self.options)
+            self._embedder = cached_embedder_for_index(self.manifest, cached=self._backbone, **self.options)
         except Exception as e:  # the index then makes its embedder itself, and reports what is wrong
             log.debug("preloading the model failed (%s)", e)
 
