@@ -70,6 +70,7 @@ class Index:
         self._backbone = backbone
         self._embedder: Embedder | None = None
         self._pending: PendingEmbedder | None = None
+        self._preloaded: PendingEmbedder | None = None  # may have embedded the first query's photos
         self.embedder_options: dict = dict(embedder_options or {})
 
     @classmethod
@@ -138,7 +139,7 @@ class Index:
     def adopt_embedder(self, pending: PendingEmbedder | None) -> None:
         """Use an embedder being made in the background (:func:`simsearch.preload.preload_embedder`), waited for
         on first use, if it embeds as this index does with these ``embedder_options``."""
-        self._pending = pending
+        self._pending = self._preloaded = pending
 
     @property
     def embedder(self) -> Embedder:
@@ -177,7 +178,9 @@ class Index:
 
     def embed(self, images: Sequence) -> np.ndarray:
         """Embed images (paths, bytes or PIL images) exactly as the index's photos were embedded."""
-        return self.embedder.embed(images)
+        embedder, preloaded, self._preloaded = self.embedder, self._preloaded, None
+        vectors = preloaded.embedded(embedder, images) if preloaded is not None else None
+        return vectors if vectors is not None else embedder.embed(images)
 
     # -- items
     def item(self, item_id: int) -> Item:

@@ -246,6 +246,33 @@ def test_a_new_photo_query_loads_the_model_while_the_index_opens(ov_index, tmp_p
     assert preload_embedder(tmp_path / "no-index", [image], options) is None
 
 
+@needs_openvino
+def test_a_new_photo_is_embedded_beside_the_imports_and_its_vectors_used_only_as_made(ov_index, tmp_path):
+    image = new_photo(SAMPLE / "animals" / "dogs_at_window.jpg", tmp_path / "new.jpg")
+    options = embedder_options([str(image)])
+
+    def load(images):
+        pending = preload_embedder(ov_index, images, options)
+        assert pending is not None
+        return pending, pending.result(pending.manifest, options)
+
+    pending, embedder = load([image])
+    made = pending.embedded(embedder, [str(image)])
+    assert made is not None and np.array_equal(made, embedder.embed([image]))  # those of embedding it now
+    assert pending.embedded(embedder, [image]) is None  # taken once
+    pending, own = load([image])
+    assert pending.embedded(own, [image, image]) is None  # other images
+    pending, _ = load([image])
+    assert pending.embedded(embedder, [image]) is None  # another embedder than the one that made them
+    pending, own = load([image])
+    new_photo(SAMPLE / "animals" / "dogs_at_window.jpg", image, scale=0.7)  # the file changed since
+    assert pending.embedded(own, [image]) is None
+    # with an indexed photo among the query's: the model is loaded, the photos are left to the query
+    indexed = next((SAMPLE / "flowers").glob("*.jpg"))
+    pending, own = load([image, indexed])
+    assert pending.embedded(own, [image, indexed]) is None
+
+
 # runs the CLI, and reports which of these modules were imported when the model's thread started
 CLI_REPORTING_PRELOAD_START = """
 import json, sys
