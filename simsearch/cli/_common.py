@@ -119,7 +119,7 @@ def limit_blas_threads(command: str | None) -> None:
 
 
 # command -> the module whose warm_up(args) it runs before its own module is imported (query: the model starts
-# loading in a thread while the query code is imported)
+# loading in a thread while the query code is imported); not once that module is imported (nothing left to hide)
 WARM_UPS = {"query": "query_options"}
 
 
@@ -141,11 +141,12 @@ class LazyGroup(click.Group):
         limit_blas_threads(next((a for a in argv if not a.startswith("-")), None))
         return super().main(args, *rest, **kwargs)
 
-    def invoke(self, ctx: click.Context) -> object:
-        args = [*ctx.protected_args, *ctx.args]
-        if args and args[0] in WARM_UPS and args[0] not in self.commands:
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] in WARM_UPS and args[0] not in self.commands and not ctx.resilient_parsing:
             importlib.import_module(f"{__package__}.{WARM_UPS[args[0]]}").warm_up(args[1:])
-        return super().invoke(ctx)
+        return super().resolve_command(ctx, args)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

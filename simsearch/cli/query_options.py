@@ -73,14 +73,14 @@ def embedder_options(images: Sequence[str]) -> dict[str, Any]:
     return {"engine_options": {"hint": "latency", "threads": 1, "static_batch": 1}} if len(images) == 1 else {}
 
 
-def _parameters_only(**_: Any) -> None:
-    """The callback of the stand-in command :func:`warm_up` parses with (never called)."""
-
-
 def warm_up(args: Sequence[str]) -> None:
     """Start loading the model of ``simsearch query ARGS`` when it queries a new photo (see the module's doc);
     nothing when the arguments do not parse, or ask for help (the command itself then says what is wrong)."""
-    parser = click.command("query", add_help_option=False)(command(query_parameters(_parameters_only)))
+
+    def parameters_only(**_: Any) -> None:  # a new function each time: click's decorators add to it
+        """The callback of the stand-in command the arguments are parsed with (never called)."""
+
+    parser = click.command("query", add_help_option=False)(command(query_parameters(parameters_only)))
     try:
         with parser.make_context("query", list(args)) as ctx:
             index_path, images = ctx.params.get("index_path"), tuple(ctx.params.get("images") or ())
