@@ -7,7 +7,7 @@ recs = idx.recommend(positive=[12, 40], negative=[7], exclude=[12, 40], k=20)
 
 The names below are imported on first use (PEP 562), so that ``import simsearch`` (and ``simsearch query``,
 which needs a fraction of the package) does not load the build, evaluation or fine-tuning code, nor numpy: the
-CLI limits numpy's BLAS threads for a quick command before numpy starts them (:mod:`simsearch.config.startup`).
+CLI limits numpy's BLAS and FAISS's OpenMP threads for a quick command before they start (:mod:`simsearch.config.startup`).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import simsearch
 from simsearch import engines, preload
 from simsearch.cli.query_options import embedder_options, warm_up
 from simsearch.config import STARTUP
+from simsearch.config.startup import THREAD_VARIABLES
 from simsearch.embed import cached_embedder_for_index
 from simsearch.engines import create_engine
 from simsearch.errors import BackboneError
@@ -61,12 +62,13 @@ finally:
 """
 
 
-def run_python(code: str, *args: str, blas_threads: str | None = None) -> subprocess.CompletedProcess:
-    """``python -c code args`` on this tree; the environment's OPENBLAS_NUM_THREADS replaced by ``blas_threads``."""
+def run_python(code: str, *args: str, threads: str | None = None) -> subprocess.CompletedProcess:
+    """``python -c code args`` on this tree; the environment's BLAS and OpenMP threads replaced by ``threads``."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    env.pop("OPENBLAS_NUM_THREADS", None)
-    if blas_threads is not None:
-        env["OPENBLAS_NUM_THREADS"] = blas_threads
+    for variable in THREAD_VARIABLES:
+        env.pop(variable, None)
+        if threads is not None:
+            env[variable] = threads
     return subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300
     )
@@ -156,7 +158,7 @@ def test_importing_simsearch_and_its_cli_loads_no_heavy_or_unneeded_code():
     assert proc.returncode == 0, proc.stderr
     modules = set(json.loads(proc.stdout))
     heavy = ["torch", "timm", "openvino", "faiss", "nncf", "fastapi", "simsearch.build", "simsearch.index"]
-    heavy += ["numpy", "simsearch.search"]  # the CLI sets numpy's BLAS threads before numpy is imported
+    heavy += ["numpy", "simsearch.search"]  # the CLI sets numpy's BLAS threads before numpy is loaded
     assert [m for m in heavy if m in modules] == []
     assert not [m for m in modules if m.startswith("simsearch.cli.") and m != "simsearch.cli._common"]
 
@@ -322,10 +324,15 @@ def test_a_load_started_ahead_is_taken_once_by_the_same_arguments(ov_index, tmp_
         p.wait()
 
 
-# runs the CLI, and reports the BLAS thread setting the process ended with
+# runs the CLI, and reports the thread settings the process ended with (and FAISS's own count, if loaded)
 CLI_REPORTING_BLAS = """
 import atexit, os, sys
-atexit.register(lambda: print("BLAS", os.environ.get("OPENBLAS_NUM_THREADS"), file=sys.stderr))
+def report():
+    print("BLAS", os.environ.get("OPENBLAS_NUM_THREADS"), file=sys.stderr)
+    print("OMP", os.environ.get("OMP_NUM_THREADS"), file=sys.stderr)
+    if "faiss" in sys.modules:
+        print("FAISS", sys.modules["faiss"].omp_get_max_threads(), file=sys.stderr)
+atexit.register(report)
 from simsearch.cli import main
 sys.argv[0] = "simsearch"
 main()
@@ -333,20 +340,22 @@ main()
 
 
 @needs_openvino
-def test_quick_commands_run_numpy_on_one_blas_thread_with_the_same_results(ov_index, tmp_path):
+def test_quick_commands_run_numpy_and_faiss_on_one_thread_with_the_same_results(ov_index, tmp_path):
     image = new_photo(SAMPLE / "animals" / "dogs_at_window.jpg", tmp_path / "new.jpg")
     query = ["query", str(ov_index), str(image), "-k", "8", "--json"]
+    one = STARTUP.threads
     quick = run_python(CLI_REPORTING_BLAS, *query)
     assert quick.returncode == 0, quick.stderr
-    assert f"BLAS {STARTUP.blas_threads}" in quick.stderr and "query" in STARTUP.quick_commands
-    # the environment's own setting wins, and the results are those of numpy's default threads
-    two = run_python(CLI_REPORTING_BLAS, *query, blas_threads="2")
-    assert "BLAS 2" in two.stderr and json.loads(two.stdout) == json.loads(quick.stdout)
+    assert f"BLAS {one}" in quick.stderr and f"OMP {one}" in quick.stderr and f"FAISS {one}" in quick.stderr
+    # the environment's own settings win, and the results are those of the libraries' default threads
+    two = run_python(CLI_REPORTING_BLAS, *query, threads="2")
+    assert "BLAS 2" in two.stderr and "FAISS 2" in two.stderr
+    assert json.loads(two.stdout) == json.loads(quick.stdout)
     recommend = run_python(CLI_REPORTING_BLAS, "recommend", str(ov_index), "-p", "1", "-n", "2", "--json")
-    assert recommend.returncode == 0 and f"BLAS {STARTUP.blas_threads}" in recommend.stderr
+    assert recommend.returncode == 0 and f"BLAS {one}" in recommend.stderr
     assert len(json.loads(recommend.stdout)["results"]) > 0
     other = run_python(CLI_REPORTING_BLAS, "info", str(ov_index), "--json")  # any other command: untouched
-    assert other.returncode == 0 and "BLAS None" in other.stderr
+    assert other.returncode == 0 and "BLAS None" in other.stderr and "OMP None" in other.stderr
 
 
 def test_package_versions_are_those_of_importlib_metadata():

@@ -19,6 +19,7 @@ import click
 
 from .._version import __version__
 from ..config import STARTUP
+from ..config.startup import THREAD_VARIABLES
 from ..errors import SimsearchError
 
 log = logging.getLogger("simsearch")
@@ -111,11 +112,12 @@ COMMANDS = {
 }
 
 
-def limit_blas_threads(command: str | None) -> None:
-    """For a quick command (:data:`~simsearch.config.STARTUP`), numpy's BLAS starts one thread, unless the
-    environment says otherwise (or numpy is already imported: then nothing changes)."""
-    if command in STARTUP.quick_commands and "numpy" not in sys.modules:
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", str(STARTUP.blas_threads))
+def limit_threads(command: str | None) -> None:
+    """For a quick command (:data:`~simsearch.config.STARTUP`), numpy's BLAS and FAISS's OpenMP start one thread,
+    unless the environment says otherwise (or numpy or FAISS is already loaded: then nothing changes)."""
+    if command in STARTUP.quick_commands and "numpy" not in sys.modules and "faiss" not in sys.modules:
+        for variable in THREAD_VARIABLES:
+            os.environ.setdefault(variable, str(STARTUP.threads))
 
 
 # command -> the module whose warm_up(args) it runs before its own module is imported (query: the model starts
@@ -138,7 +140,7 @@ class LazyGroup(click.Group):
     def main(self, args: Sequence[str] | None = None, *rest: Any, **kwargs: Any) -> Any:
         """Click's ``main``, after what the command line's command needs before anything imports numpy."""
         argv = list(sys.argv[1:] if args is None else args)
-        limit_blas_threads(next((a for a in argv if not a.startswith("-")), None))
+        limit_threads(next((a for a in argv if not a.startswith("-")), None))
         return super().main(args, *rest, **kwargs)
 
     def resolve_command(

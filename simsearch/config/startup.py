@@ -4,20 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# the environment variables that set those thread pools (read once, when the libraries load)
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+
 
 @dataclass(frozen=True)
 class StartupSettings:
-    """BLAS threads of the quick commands.
+    """Threads of numpy's BLAS and of FAISS's OpenMP for the quick commands.
 
-    numpy's OpenBLAS starts its thread pool when numpy is imported, and the threads spin a while waiting for work:
-    about 0.13 s of CPU per process on 2 cores, taken from the model compile that runs beside the imports (a
-    quarter of a fresh ``simsearch query``'s CPU time). The quick commands below do no BLAS work worth a thread
-    (one query vector; FAISS searches one vector on one thread), so the CLI sets ``OPENBLAS_NUM_THREADS`` to
-    :attr:`blas_threads` for them before numpy is imported, unless the environment already sets it. Their results
-    are the same; ``index``, ``serve``, ``evaluate`` and the other commands keep every thread.
+    numpy's OpenBLAS starts its thread pool when numpy is imported, and the threads spin a while waiting for work
+    (about 0.13 s of CPU per process on 2 cores); FAISS's OpenMP threads, started by the first search, took 4-8 ms
+    for a one-vector search that one thread does in 0.6 ms, and then spin too (about 0.1 s of CPU). That CPU is
+    taken from the model compile and the imports running beside them. The quick commands below do no work worth
+    a second thread (one query vector, searched once), so the CLI sets ``OPENBLAS_NUM_THREADS`` and
+    ``OMP_NUM_THREADS`` to :attr:`threads` for them before numpy or FAISS is loaded, each unless the environment
+    already sets it. Their results are the same, bit for bit; ``index``, ``serve``, ``evaluate`` and the other
+    commands keep every thread.
     """
 
-    blas_threads: int = 1
+    threads: int = 1
     quick_commands: tuple[str, ...] = ("query", "recommend")
 
 
