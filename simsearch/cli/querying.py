@@ -9,7 +9,7 @@ import click
 from ..config import LIMITS
 from ..errors import SimsearchError
 from ..gallery import write_query_gallery
-from ..index import open_index
+from ..index_reader import IndexReader
 from ..preload import take_preload
 from ..rules import Rules
 from ._common import command, hits_text, main
@@ -55,7 +55,7 @@ def query_cmd(
     # a new photo: the model loads in a thread (started before this module was imported: query_options.warm_up)
     # while the index is read and the photo decoded
     pending = take_preload(index_path, images, options) if images else None
-    with open_index(index_path) as idx:
+    with IndexReader.open(index_path) as idx:  # the facade without its build and vote code
         idx.embedder_options.update(options)
         idx.adopt_embedder(pending)
         for key in keys:
@@ -84,7 +84,7 @@ def recommend_cmd(
 ):  # fmt: skip
     """Items like the positives and unlike the negatives."""
     filter, rules = _filter_and_rules(where, label, path_prefix, fields, max_per, collapse_duplicates)
-    with open_index(index_path) as idx:
+    with IndexReader.open(index_path) as idx:
         hits = idx.recommend(
             positive=_refs(positive), negative=_refs(negative), exclude=_refs(exclude), k=k, filter=filter, rules=rules,
             augment=augment,
