@@ -21,7 +21,9 @@ PIL, faiss, openvino, simsearch, the CLI; index open; model load/compile; decode
 JSON output), and which heavy modules (torch, timm, torchvision, ...) the process ended up importing. The command
 itself loads the model (and embeds the photo) in a thread started before it imports the query code
 (``simsearch.preload``), so its wall time is less than the sum of the phases; "process wall" minus "in-process
-total" is the interpreter's start and exit. ``--timeline`` shows the real command's milestones instead. The machine
+total" is the interpreter's start and exit. The breakdown runs without the CLI, hence with numpy's and FAISS's
+default threads (the command starts one each: ``simsearch.config.STARTUP``). ``--timeline`` shows the real
+command's milestones instead. The machine
 may be shared: the load average is printed before and after; compare figures within one run only.
 """
 
@@ -73,7 +75,12 @@ import PIL.Image; mark("import PIL")
 import faiss; mark("import faiss")
 import simsearch; mark("import simsearch (rest)")
 import simsearch.cli; mark("import simsearch.cli (rest: click)")
-from simsearch.index import open_index
+import os
+if os.path.exists("simsearch/index_reader.py"):  # what this tree's command opens (no build or vote code)
+    from simsearch.index_reader import IndexReader
+    open_index = IndexReader.open
+else:
+    from simsearch.index import open_index
 from simsearch.search import Rules
 mark("import the query code (index, search, embed...)")
 from simsearch.engines.openvino import ov_core
