@@ -5,7 +5,7 @@ Usage, from the repository root::
 
     .venv/bin/python scripts/bench_startup.py                  # builds the two indexes in a temp dir, 15 runs each
     .venv/bin/python scripts/bench_startup.py --work /tmp/sb    # keep (and reuse) the built indexes there
-    .venv/bin/python scripts/bench_startup.py --runs 25 --importtime --json
+    .venv/bin/python scripts/bench_startup.py --runs 25 --importtime --timeline 5 --json
 
 Two indexes, both built with ``simsearch index`` and default settings (engine auto: OpenVINO fp32 on a CPU without
 native bf16): the bundled sample (35 photos) and ~1,000 Caltech-101 photos (whole class folders, as
@@ -19,8 +19,11 @@ baseline of the same run, a bare ``python -c pass``. Then the breakdown of one p
 ``--breakdown-runs`` processes per phase): the same steps the command takes, timed one by one (imports of numpy,
 PIL, faiss, openvino, simsearch, the CLI; index open; model load/compile; decode + preprocess; inference; search;
 JSON output), and which heavy modules (torch, timm, torchvision, ...) the process ended up importing. The command
-itself loads the model in a thread while it opens the index (``simsearch.preload``), so its wall time is less than
-the sum of the phases; "process wall" minus "in-process total" is the interpreter's start and exit. The machine
+itself loads the model (and embeds the photo) in a thread started before it imports the query code
+(``simsearch.preload``), so its wall time is less than the sum of the phases; "process wall" minus "in-process
+total" is the interpreter's start and exit. The breakdown runs without the CLI, hence with numpy's and FAISS's
+default threads (the command starts one each: ``simsearch.config.STARTUP``). ``--timeline`` shows the real
+command's milestones instead. The machine
 may be shared: the load average is printed before and after; compare figures within one run only.
 """
 
@@ -72,7 +75,12 @@ import PIL.Image; mark("import PIL")
 import faiss; mark("import faiss")
 import simsearch; mark("import simsearch (rest)")
 import simsearch.cli; mark("import simsearch.cli (rest: click)")
-from simsearch.index import open_index
+import os
+if os.path.exists("simsearch/index_reader.py"):  # what this tree's command opens (no build or vote code)
+    from simsearch.index_reader import IndexReader
+    open_index = IndexReader.open
+else:
+    from simsearch.index import open_index
 from simsearch.search import Rules
 mark("import the query code (index, search, embed...)")
 from simsearch.engines.openvino import ov_core
@@ -109,6 +117,60 @@ cpu = {b[0]: round(1000 * (b[2] - a[2]), 1) for a, b in zip(T, T[1:])}
 heavy = sorted(m for m in HEAVY if m in sys.modules)
 print("BREAKDOWN " + json.dumps({"phases_ms": phases, "phases_cpu_ms": cpu, "total_ms": round(1000 * (T[-1][1] - T[0][1]), 1),
       "heavy_modules": heavy, "modules": len(sys.modules), "engine": repr(emb.engine)}))
+"""
+
+
+# The real command, with time stamps (wall clock, comparable with the parent's) at its milestones: first imports
+# of the heavy packages and of the query code, the model's background load, the wait for it, the end of main()
+# and of the interpreter's exit handlers. Prints one JSON line on stderr at exit. argv: the command's.
+TIMELINE = r"""
+import atexit, builtins, json, sys, threading, time
+M = [("interpreter ready (site imported)", time.time())]
+def mark(name):
+    M.append((name, time.time()))
+WATCH = ("numpy", "PIL", "click", "openvino", "faiss", "simsearch.embed", "simsearch.index")
+_import = builtins.__import__
+def wrap(cls, name, before, after):
+    fn = getattr(cls, name, None)
+    if fn is None:
+        return
+    def wrapper(*args, **kwargs):
+        mark(before)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            mark(after)
+    setattr(cls, name, wrapper)
+def hook_preload():
+    p = sys.modules["simsearch.preload"].PendingEmbedder
+    wrap(p, "__init__", "main: starts the model's load", "main: model thread started")
+    wrap(p, "_load", "thread: load begins (compile...)", "thread: load done")
+    wrap(p, "result", "main: waits for the model", "main: got the model")
+    wrap(p, "embedded", "main: takes the photo's vectors", "main: got them")
+def watched(name, globals=None, locals=None, fromlist=(), level=0):
+    full = name
+    if level and globals:
+        base = globals.get("__package__") or ""
+        base = base.rsplit(".", level - 1)[0] if level > 1 else base
+        full = f"{base}.{name}" if name else base
+    first = full in WATCH and full not in sys.modules
+    if first:
+        mark(f"import {full} ...")
+    module = _import(name, globals, locals, fromlist, level)
+    if first:
+        mark(f"import {full} done" + ("" if threading.current_thread() is threading.main_thread() else " (thread)"))
+    if not M[0][0].startswith("hooked") and "simsearch.preload" in sys.modules and hasattr(sys.modules["simsearch.preload"], "PendingEmbedder"):
+        M[0] = ("hooked " + M[0][0], M[0][1])
+        hook_preload()
+    return module
+builtins.__import__ = watched
+atexit.register(lambda: sys.stderr.write("TIMELINE " + json.dumps(M + [("exit handlers done", time.time())]) + "\n"))
+from simsearch.cli import main
+sys.argv[0] = "simsearch"
+try:
+    main()
+finally:
+    mark("main() returned")
 """
 
 
@@ -227,6 +289,25 @@ def importtime(index: Path, image: Path, top: int = 15, repo: Path = REPO) -> li
     return [(("  " * (d - 1)) + n, c) for n, c, d in rows[:top]]
 
 
+def timeline(index: Path, image: Path, runs: int, repo: Path = REPO) -> list[tuple[str, float]]:
+    """Milestones of the real command (ms since the process was spawned), of the median-wall of ``runs``
+    processes, ending with the process's exit as its parent sees it."""
+    argv = [sys.executable, "-c", TIMELINE, "query", str(index), str(image), "-k", "10", "--json"]
+    found = []
+    for _ in range(runs):
+        t0 = time.time()
+        proc = subprocess.run(argv, env=env(repo), cwd=repo, capture_output=True, text=True)
+        t1 = time.time()
+        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("TIMELINE ")]
+        if proc.returncode or not lines:
+            raise SystemExit(f"timeline failed:\n{proc.stderr}")
+        marks = [
+            (n.removeprefix("hooked "), round(1000 * (t - t0), 1)) for n, t in json.loads(lines[0].split(" ", 1)[1])
+        ]
+        found.append([*marks, ("process exited", round(1000 * (t1 - t0), 1))])
+    return sorted(found, key=lambda m: m[-1][1])[len(found) // 2]
+
+
 def caltech_dir(given: Path | None) -> Path | None:
     for p in [given] if given else CALTECH_CANDIDATES:
         if p is not None and p.is_dir():
@@ -282,6 +363,14 @@ def main() -> None:
         "one run first) even where PYTHONDONTWRITEBYTECODE is set [default: the environment as it is]",
     )
     ap.add_argument("--importtime", action="store_true", help="also the slowest imports (python -X importtime)")
+    ap.add_argument(
+        "--timeline",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also the milestones of the real command (imports, the model's background load, waits, exit): the "
+        "median-wall of N processes per tree [0: none]",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     args = ap.parse_args()
 
@@ -338,6 +427,8 @@ def main() -> None:
             row[tree] = {**stats(r), "breakdown": breakdown(path, image, args.breakdown_runs, repo)}
             if args.importtime:
                 row[tree]["importtime_us"] = importtime(path, image, repo=repo)
+            if args.timeline:
+                row[tree]["timeline_ms"] = timeline(path, image, args.timeline, repo=repo)
         if "baseline" in row:
             row["ratio_median"] = round(row["this"]["median_s"] / row["baseline"]["median_s"], 3)
             row["ratio_cpu"] = round(row["this"]["cpu_median_s"] / row["baseline"]["cpu_median_s"], 3)
@@ -390,6 +481,11 @@ def print_table(r: dict) -> None:
                 f"  {tree}: heavy modules imported: {', '.join(bd['heavy_modules']) or 'none'}; {bd['modules']} modules"
             )
             print(f"  {tree}: engine {bd['engine']}")
+        for tree in trees:
+            if row[tree].get("timeline_ms"):
+                print(f"  {tree}: timeline of the command (ms since spawn; a process of median wall)")
+            for name, ms in row[tree].get("timeline_ms", []):
+                print(f"    {ms:8.1f}  {name}")
         for tree in trees:
             for name, us in row[tree].get("importtime_us", []):
                 print(f"    {tree} import {name:<44} {us / 1000:8.1f} ms")

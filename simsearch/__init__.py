@@ -6,19 +6,20 @@ hits = idx.search("cat.jpg", k=10)
 recs = idx.recommend(positive=[12, 40], negative=[7], exclude=[12, 40], k=20)
 
 The names below are imported on first use (PEP 562), so that ``import simsearch`` (and ``simsearch query``,
-which needs a fraction of the package) does not load the build, evaluation or fine-tuning code.
+which needs a fraction of the package) does not load the build, evaluation or fine-tuning code, nor numpy: the
+CLI limits numpy's BLAS and FAISS's OpenMP threads for a quick command before they start (:mod:`simsearch.config.startup`).
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .errors import BackboneError, ImageError, IndexFormatError, IndexLockedError, SimsearchError
-from .rules import Rules
-from .search import Hit, recommend, search  # eagerly: the function must win over the submodule's name
 
 if TYPE_CHECKING:
     from .backbones import DEFAULT_BACKBONE, Backbone, create_backbone, list_backbones, register_backbone
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from .images import load_image, scan
     from .index import Index, Item, Manifest, UpdateReport, open_index
     from .index import build_and_open as build_index
+    from .rules import Rules
+    from .search import Hit, recommend, search
 
 # public name -> the module that defines it (and the name there, when it differs)
 _RENAMED = {"build_index": "build_and_open"}
@@ -52,6 +55,10 @@ _LAZY = {
     "Manifest": "index",
     "UpdateReport": "sync",
     "open_index": "index",
+    "Rules": "rules",
+    "Hit": "search",
+    "recommend": "search",
+    "search": "search",
 }
 
 
@@ -68,6 +75,20 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    """``simsearch.search`` is the function although a module of that name exists: importing the module, which
+    the import system records as an attribute of the package, must not hide the function."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _FUNCTIONS_OVER_MODULES and isinstance(value, types.ModuleType):
+            return  # the module is in sys.modules; the name resolves to the function (__getattr__)
+        super().__setattr__(name, value)
+
+
+_FUNCTIONS_OVER_MODULES = frozenset({"search"})  # public functions named as a submodule is
+sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [

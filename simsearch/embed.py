@@ -21,6 +21,7 @@ from .backbones import Backbone
 from .config.embedding import AUTO, EmbeddingSettings, recorded_settings
 from .engines import (
     REFERENCE,
+    CachedBackbone,
     EngineCallable,
     ImageSource,
     Preprocessor,
@@ -356,21 +357,31 @@ def _new_embedder(
     return emb, emb.settings()
 
 
+def cached_backbone_of(manifest: Any) -> CachedBackbone | None:
+    """The torch-free backbone of an index's manifest (:func:`~simsearch.engines.cached_backbone`)."""
+    m = manifest
+    return cached_backbone(m.backbone, m.arch, m.weights_sha256, m.preprocessing, m.dim)
+
+
 def cached_embedder_for_index(
-    manifest: Any, *, engine: object = None, precision: str | None = None, draft: bool | None = None, **kwargs: Any
+    manifest: Any,
+    *,
+    engine: object = None,
+    precision: str | None = None,
+    draft: bool | None = None,
+    cached: CachedBackbone | None = None,
+    **kwargs: Any,
 ) -> Embedder | None:
     """A torch-free :class:`Embedder` for querying an index embedded with OpenVINO, when the model converted from
     the manifest's weights (same digest) is in the on-disk cache: start-up in a fraction of a second instead of
     importing torch and timm. None when that is not possible (then use :func:`embedder_for_index`).
     ``engine_options`` go to the OpenVINO engine (``threads``, ``hint``), other keyword arguments to the
-    :class:`Embedder`."""
+    :class:`Embedder`. ``cached``: the manifest's :func:`cached_backbone_of`, when already looked up."""
     rec = recorded_settings(manifest.extra, manifest.count)
     if rec is None or rec.engine != "openvino" or engine is not None or precision is not None or draft is not None:
         return None
     try:
-        bb = cached_backbone(
-            manifest.backbone, manifest.arch, manifest.weights_sha256, manifest.preprocessing, manifest.dim
-        )
+        bb = cached or cached_backbone_of(manifest)
         if bb is None:
             return None
         options: dict[str, Any] = dict(kwargs.pop("engine_options", None) or {})

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .config import DuplicateRule
     from .duplicates import DuplicateGroup
     from .index import Index
+    from .index_reader import IndexReader
     from .search import Hit
 
 THUMB_SIZE = 224
@@ -145,7 +146,7 @@ def _write(out: str | Path, text: str) -> Path:
 
 def write_query_gallery(
     out: str | Path,
-    index: Index,
+    index: IndexReader,
     query: Sequence,
     hits: Sequence[Hit],
     *,

@@ -12,7 +12,7 @@ import numpy as np
 from conftest import COLORS, color_vector
 
 import simsearch
-import simsearch.index
+import simsearch.index_reader
 from simsearch.compact import compact_index, truncate_journal
 from simsearch.config.index import READER
 
@@ -34,7 +34,7 @@ def test_searches_wait_neither_for_an_append_nor_for_another_journal_read(colors
     photo = colors.item(colors.id_for_key("red/r1.png")).photos[0].abspath
     colors.put("sku-teal", [photo], {"label": "teal"}, vectors=[teal])
     monkeypatch.setattr(
-        simsearch.index, "READER", replace(READER, live_poll_seconds=0.0)
+        simsearch.index_reader, "READER", replace(READER, live_poll_seconds=0.0)
     )  # every search is due to read the journal
     with colors._journal._lock:  # an append is committing (its fsync can take long on a busy disk)
         hits = _in_thread(lambda: colors.search(teal, k=1))
@@ -47,7 +47,7 @@ def test_searches_wait_neither_for_an_append_nor_for_another_journal_read(colors
 
 def test_own_writes_are_seen_at_once_and_others_within_the_poll(colors, monkeypatch):
     monkeypatch.setattr(
-        simsearch.index, "READER", replace(READER, live_poll_seconds=1e9)
+        simsearch.index_reader, "READER", replace(READER, live_poll_seconds=1e9)
     )  # searches never read the journal
     photo = colors.item(colors.id_for_key("red/r1.png")).photos[0].abspath
     colors.search(color_vector((255, 0, 0)), k=1)
@@ -64,7 +64,7 @@ def test_own_writes_are_seen_at_once_and_others_within_the_poll(colors, monkeypa
             "theirs"
         ]
         assert colors.search(color_vector((0, 128, 128)), k=9, filter={"label": "own"}) == []
-        monkeypatch.setattr(simsearch.index, "READER", replace(READER, live_poll_seconds=0.0))
+        monkeypatch.setattr(simsearch.index_reader, "READER", replace(READER, live_poll_seconds=0.0))
         other.patch("theirs", {"label": "changed"})
         assert [h.key for h in colors.search(color_vector((128, 0, 128)), k=9, filter={"label": "changed"})] == [
             "theirs"

@@ -21,19 +21,30 @@ from conftest import CALTECH, REPO, SAMPLE
 from PIL import Image
 
 import simsearch
-from simsearch import engines
+from simsearch import engines, preload
+from simsearch.cli.query_options import embedder_options, warm_up
+from simsearch.config import STARTUP
+from simsearch.config.startup import THREAD_VARIABLES
 from simsearch.embed import cached_embedder_for_index
 from simsearch.engines import create_engine
 from simsearch.errors import BackboneError
-from simsearch.preload import preload_embedder
+from simsearch.preload import preload_embedder, take_preload
 from simsearch.system import package_version
 
 HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None and engines.openvino_available()
 needs_openvino = pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino is not installed or sees no CPU")
 
-# never needed to query an index with a new image (the OpenVINO model being cached); the build code is imported
-# by the Index facade at the top (no function-level imports of simsearch modules), but loads no heavy dependency
+# never needed to query an index with a new image (the OpenVINO model being cached): the query opens the facade's
+# reading part (simsearch.index_reader), without the build and vote code the full facade imports
 NOT_ON_THE_QUERY_PATH = [
+    "simsearch.index",
+    "simsearch.build",
+    "simsearch.sync",
+    "simsearch.sources",
+    "simsearch.autocandidates",
+    "simsearch.augment_index",
+    "simsearch.verify",
+    "simsearch.votes",
     "torch",
     "timm",
     "torchvision",
@@ -59,8 +70,13 @@ finally:
 """
 
 
-def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
+def run_python(code: str, *args: str, threads: str | None = None) -> subprocess.CompletedProcess:
+    """``python -c code args`` on this tree; the environment's BLAS and OpenMP threads replaced by ``threads``."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    for variable in THREAD_VARIABLES:
+        env.pop(variable, None)
+        if threads is not None:
+            env[variable] = threads
     return subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300
     )
@@ -139,6 +155,8 @@ def test_importing_simsearch_and_its_cli_loads_no_heavy_or_unneeded_code():
         "print(json.dumps(sorted(sys.modules)))\n"
         "import simsearch.search, simsearch.sync\n"
         "assert callable(simsearch.search) and simsearch.search.__module__ == 'simsearch.search'\n"
+        "from simsearch import search, recommend, Hit, Rules\n"
+        "assert search is simsearch.search and recommend.__module__ == 'simsearch.search' and Hit.__name__ == 'Hit'\n"
         "assert simsearch.UpdateReport is simsearch.sync.UpdateReport and simsearch.open_index.__name__ == 'open_index'\n"
         "from simsearch.index import build_index, verify_index\n"
         "assert build_index.__module__ == 'simsearch.build' and verify_index.__module__ == 'simsearch.verify'\n"
@@ -148,6 +166,7 @@ def test_importing_simsearch_and_its_cli_loads_no_heavy_or_unneeded_code():
     assert proc.returncode == 0, proc.stderr
     modules = set(json.loads(proc.stdout))
     heavy = ["torch", "timm", "openvino", "faiss", "nncf", "fastapi", "simsearch.build", "simsearch.index"]
+    heavy += ["numpy", "simsearch.search"]  # the CLI sets numpy's BLAS threads before numpy is loaded
     assert [m for m in heavy if m in modules] == []
     assert not [m for m in modules if m.startswith("simsearch.cli.") and m != "simsearch.cli._common"]
 
@@ -220,10 +239,12 @@ def test_a_one_image_model_is_made_once_remade_when_its_source_changes_and_never
 def test_a_new_photo_query_loads_the_model_while_the_index_opens(ov_index, tmp_path):
     image = new_photo(SAMPLE / "animals" / "dogs_at_window.jpg", tmp_path / "new.jpg")  # outside the index's folder
     options = {"engine_options": {"hint": "latency", "threads": 1, "static_batch": 1}}
-    pending = preload_embedder(ov_index, [image], options)
-    assert pending is not None
+    # first, not beside the load: OpenVINO sets the C locale process-wide while it compiles, and two compiles at
+    # once can leave it set (text files opened without an encoding would then be read as ASCII)
     with simsearch.open_index(ov_index) as plain:
         expected = plain.embed([image])
+    pending = preload_embedder(ov_index, [image], options)
+    assert pending is not None
     with simsearch.open_index(ov_index) as idx:
         idx.embedder_options.update(options)
         idx.adopt_embedder(pending)
@@ -235,6 +256,117 @@ def test_a_new_photo_query_loads_the_model_while_the_index_opens(ov_index, tmp_p
     # a photo inside the indexed folder may be an indexed one, whose query needs no model: nothing is loaded
     assert preload_embedder(ov_index, [next((SAMPLE / "flowers").glob("*.jpg"))], options) is None
     assert preload_embedder(tmp_path / "no-index", [image], options) is None
+
+
+@needs_openvino
+def test_a_new_photo_is_embedded_beside_the_imports_and_its_vectors_used_only_as_made(ov_index, tmp_path):
+    image = new_photo(SAMPLE / "animals" / "dogs_at_window.jpg", tmp_path / "new.jpg")
+    options = embedder_options([str(image)])
+
+    def load(images):
+        pending = preload_embedder(ov_index, images, options)
+        assert pending is not None
+        return pending, pending.result(pending.manifest, options)
+
+    pending, embedder = load([image])
+    made = pending.embedded(embedder, [str(image)])
+    assert made is not None and np.array_equal(made, embedder.embed([image]))  # those of embedding it now
+    assert pending.embedded(embedder, [image]) is None  # taken once
+    pending, own = load([image])
+    assert pending.embedded(own, [image, image]) is None  # other images
+    pending, _ = load([image])
+    assert pending.embedded(embedder, [image]) is None  # another embedder than the one that made them
+    pending, own = load([image])
+    new_photo(SAMPLE / "animals" / "dogs_at_window.jpg", image, scale=0.7)  # the file changed since
+    assert pending.embedded(own, [image]) is None
+    # with an indexed photo among the query's: the model is loaded, the photos are left to the query
+    indexed = next((SAMPLE / "flowers").glob("*.jpg"))
+    pending, own = load([image, indexed])
+    assert pending.embedded(own, [image, indexed]) is None
+
+
+# runs the CLI, and reports which of these modules were imported when the model's thread started
+CLI_REPORTING_PRELOAD_START = """
+import json, sys
+from simsearch import preload
+init = preload.PendingEmbedder.__init__
+def reporting(self, *args, **kwargs):
+    seen = [m for m in ("faiss", "simsearch.index", "simsearch.cli.querying") if m in sys.modules]
+    print("PRELOAD " + json.dumps(seen), file=sys.stderr)
+    init(self, *args, **kwargs)
+preload.PendingEmbedder.__init__ = reporting
+from simsearch.cli import main
+sys.argv[0] = "simsearch"
+main()
+"""
+
+
+@needs_openvino
+def test_a_query_starts_its_model_before_importing_the_query_code(ov_index, tmp_path):
+    image = new_photo(SAMPLE / "animals" / "dogs_at_window.jpg", tmp_path / "new.jpg")
+    proc = run_python(CLI_REPORTING_PRELOAD_START, "query", str(ov_index), "-k", "3", str(image), "--json")
+    assert proc.returncode == 0, proc.stderr
+    starts = [json.loads(line.split(" ", 1)[1]) for line in proc.stderr.splitlines() if line.startswith("PRELOAD ")]
+    assert starts == [[]]  # once, before FAISS, the index facade and the query command were imported
+    assert len(json.loads(proc.stdout)["results"]) == 3
+    # an indexed photo needs no model; bad arguments start nothing (the command then says what is wrong)
+    indexed = str(next((SAMPLE / "flowers").glob("*.jpg")))
+    for args in (["query", str(ov_index), indexed], ["query", str(ov_index), str(image), "-k", "0"]):
+        proc = run_python(CLI_REPORTING_PRELOAD_START, *args)
+        assert "PRELOAD" not in proc.stderr, args
+
+
+@needs_openvino
+def test_a_load_started_ahead_is_taken_once_by_the_same_arguments(ov_index, tmp_path):
+    image = new_photo(SAMPLE / "animals" / "dogs_at_window.jpg", tmp_path / "new.jpg")
+    warm_up([str(ov_index), str(image), "--label", "dogs", "-k", "4"])  # what `simsearch query ...` starts
+    assert len(preload._STARTED) == 1
+    next(iter(preload._STARTED.values())).wait()  # one compile at a time (see the test above)
+    options = embedder_options([str(image)])
+    assert options["engine_options"]["static_batch"] == 1
+    other = take_preload(str(ov_index), [str(image)], {})  # other options: a load of its own
+    assert other is not None and other.options == {} and len(preload._STARTED) == 1
+    pending = take_preload(str(ov_index), [str(image)], options)
+    assert pending is not None and not preload._STARTED
+    assert pending.result(pending.manifest, options).engine.static_batch == 1
+    other.wait()
+    again = take_preload(str(ov_index), [str(image)], options)  # taken once: the next one is a new load
+    assert again is not None and again is not pending
+    again.wait()
+
+
+# runs the CLI, and reports the thread settings the process ended with (and FAISS's own count, if loaded)
+CLI_REPORTING_BLAS = """
+import atexit, os, sys
+def report():
+    print("BLAS", os.environ.get("OPENBLAS_NUM_THREADS"), file=sys.stderr)
+    print("OMP", os.environ.get("OMP_NUM_THREADS"), file=sys.stderr)
+    if "faiss" in sys.modules:
+        print("FAISS", sys.modules["faiss"].omp_get_max_threads(), file=sys.stderr)
+atexit.register(report)
+from simsearch.cli import main
+sys.argv[0] = "simsearch"
+main()
+"""
+
+
+@needs_openvino
+def test_quick_commands_run_numpy_and_faiss_on_one_thread_with_the_same_results(ov_index, tmp_path):
+    image = new_photo(SAMPLE / "animals" / "dogs_at_window.jpg", tmp_path / "new.jpg")
+    query = ["query", str(ov_index), str(image), "-k", "8", "--json"]
+    one = STARTUP.threads
+    quick = run_python(CLI_REPORTING_BLAS, *query)
+    assert quick.returncode == 0, quick.stderr
+    assert f"BLAS {one}" in quick.stderr and f"OMP {one}" in quick.stderr and f"FAISS {one}" in quick.stderr
+    # the environment's own settings win, and the results are those of the libraries' default threads
+    two = run_python(CLI_REPORTING_BLAS, *query, threads="2")
+    assert "BLAS 2" in two.stderr and "FAISS 2" in two.stderr
+    assert json.loads(two.stdout) == json.loads(quick.stdout)
+    recommend = run_python(CLI_REPORTING_BLAS, "recommend", str(ov_index), "-p", "1", "-n", "2", "--json")
+    assert recommend.returncode == 0 and f"BLAS {one}" in recommend.stderr
+    assert len(json.loads(recommend.stdout)["results"]) > 0
+    other = run_python(CLI_REPORTING_BLAS, "info", str(ov_index), "--json")  # any other command: untouched
+    assert other.returncode == 0 and "BLAS None" in other.stderr and "OMP None" in other.stderr
 
 
 def test_package_versions_are_those_of_importlib_metadata():

@@ -9,12 +9,17 @@ import gc
 import importlib
 import json
 import logging
+import os
 import sqlite3
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import click
 
 from .._version import __version__
+from ..config import STARTUP
+from ..config.startup import THREAD_VARIABLES
 from ..errors import SimsearchError
 
 log = logging.getLogger("simsearch")
@@ -107,6 +112,19 @@ COMMANDS = {
 }
 
 
+def limit_threads(command: str | None) -> None:
+    """For a quick command (:data:`~simsearch.config.STARTUP`), numpy's BLAS and FAISS's OpenMP start one thread,
+    unless the environment says otherwise (or numpy or FAISS is already loaded: then nothing changes)."""
+    if command in STARTUP.quick_commands and "numpy" not in sys.modules and "faiss" not in sys.modules:
+        for variable in THREAD_VARIABLES:
+            os.environ.setdefault(variable, str(STARTUP.threads))
+
+
+# command -> the module whose warm_up(args) it runs before its own module is imported (query: the model starts
+# loading in a thread while the query code is imported); not once that module is imported (nothing left to hide)
+WARM_UPS = {"query": "query_options"}
+
+
 class LazyGroup(click.Group):
     """A group whose commands register themselves (``@main.command``) in the modules of :data:`COMMANDS`,
     imported on first use."""
@@ -118,6 +136,19 @@ class LazyGroup(click.Group):
         if cmd_name not in self.commands and cmd_name in COMMANDS:
             importlib.import_module(f"{__package__}.{COMMANDS[cmd_name]}")
         return super().get_command(ctx, cmd_name)
+
+    def main(self, args: Sequence[str] | None = None, *rest: Any, **kwargs: Any) -> Any:
+        """Click's ``main``, after what the command line's command needs before anything imports numpy."""
+        argv = list(sys.argv[1:] if args is None else args)
+        limit_threads(next((a for a in argv if not a.startswith("-")), None))
+        return super().main(args, *rest, **kwargs)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] in WARM_UPS and args[0] not in self.commands and not ctx.resilient_parsing:
+            importlib.import_module(f"{__package__}.{WARM_UPS[args[0]]}").warm_up(args[1:])
+        return super().resolve_command(ctx, args)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

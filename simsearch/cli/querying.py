@@ -9,38 +9,13 @@ import click
 from ..config import LIMITS
 from ..errors import SimsearchError
 from ..gallery import write_query_gallery
-from ..index import open_index
-from ..preload import preload_embedder
+from ..index_reader import IndexReader
+from ..preload import take_preload
 from ..rules import Rules
 from ._common import command, hits_text, main
+from .query_options import embedder_options, query_parameters, result_options
 
 log = logging.getLogger("simsearch")
-
-
-def result_options(fn):
-    """Options shared by query and recommend: filters, business rules, augmentation."""
-    options = [
-        click.option(
-            "--augment",
-            type=click.Choice(["auto", "on", "none"]),
-            default="auto",
-            show_default=True,
-            help="Search the index's augmented vectors (auto: when it has them) or the raw ones (none).",
-        ),
-        click.option("--where", help="Filter on attributes, e.g. 'category = \"shoes\" and price < 100 and in_stock'."),
-        click.option("--label", help="Only results with this label."),
-        click.option("--path-prefix", help="Only results whose path starts with this."),
-        click.option("--fields", help="Comma-separated attributes to show with each result [default: all]."),
-        click.option("--max-per", multiple=True, help="At most N results per value of an attribute: brand=2."),
-        click.option(
-            "--collapse-duplicates",
-            type=click.FloatRange(0, 1, min_open=True),
-            help="One result per group of near-duplicates at this cosine similarity (e.g. 0.9).",
-        ),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
 
 
 def _filter_and_rules(where, label, path_prefix, fields, max_per, collapse_duplicates):
@@ -66,13 +41,7 @@ def _refs(values) -> list:
 
 
 @main.command("query")
-@click.argument("index_path", metavar="INDEX", type=click.Path())
-@click.argument("images", nargs=-1, type=click.Path())
-@click.option("--id", "ids", multiple=True, type=int, help="An indexed item id ('more like this'); repeatable.")
-@click.option("--key", "keys", multiple=True, help="An item key ('more like this', all its photos); repeatable.")
-@click.option("-k", default=10, show_default=True, type=click.IntRange(1, LIMITS.max_k), help="Number of results.")
-@result_options
-@click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Also write the results as an HTML gallery.")
+@query_parameters
 @command
 def query_cmd(
     index_path, images, ids, keys, k, augment, where, label, path_prefix, fields, max_per, collapse_duplicates,
@@ -82,12 +51,11 @@ def query_cmd(
     if not images and not ids and not keys:
         raise SimsearchError("give a query image or --id ITEM (or --key KEY)")
     filter, rules = _filter_and_rules(where, label, path_prefix, fields, max_per, collapse_duplicates)
-    # one inference request: compile the model for one stream and one image only (less to load, and its kernels
-    # are made while compiling)
-    options = {"engine_options": {"hint": "latency", "threads": 1, "static_batch": 1}} if len(images) == 1 else {}
-    # a new photo: the model loads in a thread while the index is read and the photo decoded
-    pending = preload_embedder(index_path, images, options) if images else None
-    with open_index(index_path) as idx:
+    options = embedder_options(images)
+    # a new photo: the model loads in a thread (started before this module was imported: query_options.warm_up)
+    # while the index is read and the photo decoded
+    pending = take_preload(index_path, images, options) if images else None
+    with IndexReader.open(index_path) as idx:  # the facade without its build and vote code
         idx.embedder_options.update(options)
         idx.adopt_embedder(pending)
         for key in keys:
@@ -116,7 +84,7 @@ def recommend_cmd(
 ):  # fmt: skip
     """Items like the positives and unlike the negatives."""
     filter, rules = _filter_and_rules(where, label, path_prefix, fields, max_per, collapse_duplicates)
-    with open_index(index_path) as idx:
+    with IndexReader.open(index_path) as idx:
         hits = idx.recommend(
             positive=_refs(positive), negative=_refs(negative), exclude=_refs(exclude), k=k, filter=filter, rules=rules,
             augment=augment,
