@@ -187,11 +187,10 @@ class Snapshot:
             one = int(item_ids[0])
             return {one: np.asarray(source.reconstruct(one), np.float32)[None, :]} if 0 <= one < len(pids) else {}
         rows = self._rows_of(item_ids)
-        if self._is_identity():  # item i is photo i, one vector each
-            vecs = np.asarray(source.reconstruct_batch(rows), dtype=np.float32)
-            return {i: vecs[j : j + 1] for j, i in enumerate(rows.tolist())}
         sel_p, sel_i = pids[rows], items[rows]
         if len(sel_p) == 0:
             return {}
         vecs = np.asarray(source.reconstruct_batch(sel_p), dtype=np.float32)
-        return {int(i): vecs[sel_i == i] for i in np.unique(sel_i)}
+        order = np.argsort(sel_i, kind="stable")  # each item's photos together, in photo order: one split, no scans
+        ids, starts = np.unique(sel_i[order], return_index=True)
+        return {int(i): vecs[part] for i, part in zip(ids, np.split(order, starts[1:]), strict=True)}
