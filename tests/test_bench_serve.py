@@ -19,7 +19,7 @@ def test_bench_serve_runs_and_reports(tmp_path, real_backbone):
     build_index([SAMPLE / "flowers", SAMPLE / "animals"], tmp_path / "index", backbone=real_backbone)
     r = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "bench_serve.py"), str(tmp_path / "index"), "--clients", "2",
-         "--seconds", "1", "--warmup", "0.2", "--modes", "vector,similar,upload", "--json"],
+         "--seconds", "1", "--warmup", "2", "--modes", "vector,similar,upload", "--json"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
