@@ -13,8 +13,12 @@ For each generator and size it reports, for flat exact search and, for each ``--
 commit fe4a9e6, the baseline; ``measured``: every candidate family tried), the auto choice (default memory budget)
 and the memory-lean auto choice (``--lean-bytes`` per vector): build time, bytes/vector (index file size / n), recall@10
 against exact search, batched QPS (all queries at once), single-query p50/p99, and the RSS of a fresh query process
-that loads the index file. Exact ground truth is computed for the queries only. With 1M in ``--sizes`` it also
-times the neighbours table (``simsearch neighbors``) on the 1M auto index.
+that loads the index file ("resident B/vector": the anonymous memory the loaded index takes, before searching;
+for a mapped file, the file's bytes other than the re-ranking floats, which every query scans, are counted too).
+``--vectors-on-disk`` adds memory-lean rows whose re-ranking vectors stay in the file, memory-mapped
+(``AutoIndexSpec.vectors_on_disk``): the file is dropped from the page cache before the query process searches,
+and its first batched pass is reported cold beside the warm figure. Exact ground truth is computed for the queries
+only. With 1M in ``--sizes`` it also times the neighbours table (``simsearch neighbors``) on the 1M auto index.
 
     .venv/bin/python scripts/bench_scale.py --sizes 100k          # quick
     .venv/bin/python scripts/bench_scale.py --sizes 100k,1M --from-index indexes/caltech101
@@ -41,12 +45,23 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def rss_mb() -> float:
+def rss_mb(field: str = "VmRSS") -> float:
+    """This process's resident memory in MB: all of it (``VmRSS``), anonymous (``RssAnon``: heap, not reclaimable
+    without swap) or file-backed (``RssFile``: mapped file pages, which the kernel can drop and read again)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def evict(path: str) -> None:
+    """Drop ``path``'s pages from the page cache (unmapped clean pages; no root needed), for a cold-cache run."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def parse_n(s: str) -> int:
@@ -100,18 +115,29 @@ def cpu_flags() -> str:
 # ------------------------------------------------------------------------------ measuring
 
 
-def query_bench(index_file: str, queries: str, truth: str, single: int, mmap: bool) -> dict:
-    """Run in a fresh process: load the index, batched and single-query search, recall, RSS."""
+def query_bench(index_file: str, queries: str, truth: str, single: int, mmap: bool, on_disk: bool = False) -> dict:
+    """Run in a fresh process: load the index, batched and single-query search, recall, RSS. ``on_disk``: the
+    index is read as simsearch reads a ``vectors_on_disk`` index (the flat re-ranking vectors memory-mapped); its
+    file is dropped from the page cache first, and the first batched pass is timed cold, then a second warm."""
     import faiss
 
     from simsearch.autoindex import recall_at_k
 
-    rss0 = rss_mb()
+    xq, gt = np.load(queries), np.load(truth)
+    rss0, anon0 = rss_mb(), rss_mb("RssAnon")
     t0 = time.perf_counter()
-    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap or on_disk else 0  # as simsearch maps files
+    if on_disk:
+        evict(index_file)
     index = faiss.read_index(index_file, flags)
     load = time.perf_counter() - t0
-    xq, gt = np.load(queries), np.load(truth)
+    out = {"rss_anon_load_mb": round(rss_mb("RssAnon") - anon0, 1)}  # the index's own structures, before searching
+    if on_disk:
+        t0 = time.perf_counter()
+        _, found = index.search(xq, 10)
+        out["cold_batched_qps"] = round(len(xq) / (time.perf_counter() - t0), 1)
+        out["cold_recall@10"] = round(recall_at_k(found, gt), 4)
+        out["rss_file_after_cold_mb"] = round(rss_mb("RssFile"), 1)
     index.search(xq[:10], 10)  # warm up
     t0 = time.perf_counter()
     _, found = index.search(xq, 10)
@@ -121,7 +147,7 @@ def query_bench(index_file: str, queries: str, truth: str, single: int, mmap: bo
         t = time.perf_counter()
         index.search(xq[i : i + 1], 10)
         lat.append((time.perf_counter() - t) * 1000)
-    return {
+    return out | {
         "load_s": round(load, 2),
         "recall@10": round(recall_at_k(found, gt), 4),
         "batched_qps": round(len(xq) / batched, 1),
@@ -129,11 +155,14 @@ def query_bench(index_file: str, queries: str, truth: str, single: int, mmap: bo
         "p99_ms": round(float(np.percentile(lat, 99)), 3),
         "rss_mb": round(rss_mb(), 1),
         "rss_index_mb": round(rss_mb() - rss0, 1),
+        "rss_anon_index_mb": round(rss_mb("RssAnon") - anon0, 1),
+        "rss_file_mb": round(rss_mb("RssFile"), 1),
     }
 
 
-def run_query_process(index_file, qfile, gtfile, single, mmap) -> dict:
+def run_query_process(index_file, qfile, gtfile, single, mmap, on_disk=False) -> dict:
     cmd = [sys.executable, __file__, "_query", index_file, qfile, gtfile, str(single), "1" if mmap else "0"]
+    cmd += ["1" if on_disk else "0"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -172,8 +201,8 @@ def _cpu_count() -> int:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_query":
-        _, _, f, q, gt, single, mm = sys.argv
-        print(json.dumps(query_bench(f, q, gt, int(single), mm == "1")))
+        f, q, gt, single, mm, *disk = sys.argv[2:]
+        print(json.dumps(query_bench(f, q, gt, int(single), mm == "1", disk == ["1"])))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "caltech101"))
@@ -202,6 +231,10 @@ def main() -> None:
     ap.add_argument("--lean-bytes", type=int, default=128, help="Memory-lean budget in bytes per vector.")
     ap.add_argument("--no-default-budget", action="store_true", help="Only the memory-lean rows.")
     ap.add_argument("--no-lean", action="store_true", help="No memory-lean rows.")
+    ap.add_argument(
+        "--vectors-on-disk", action="store_true",
+        help="Also memory-lean rows with the re-ranking vectors on disk (AutoIndexSpec.vectors_on_disk).",
+    )  # fmt: skip
     ap.add_argument("--skip-flat", action="store_true", help="No exact-search row.")
     ap.add_argument("--target-recall", type=float, default=0.95)
     ap.add_argument("--neighbors-k", type=int, default=50)
@@ -266,20 +299,24 @@ def main() -> None:
             if not args.skip_flat:
                 size["rows"].append(flat_row(xb, ids, xq, t_exact, work, n, dim, qfile, gtfile, args))
                 print(json.dumps(size["rows"][-1]), flush=True)
-            budgets = [] if args.no_default_budget else [("auto", None)]
+            budgets = [] if args.no_default_budget else [("auto", None, False)]
             if not args.no_lean:
-                budgets.append((f"auto, memory-lean {args.lean_bytes} B/vector", args.lean_bytes * n))
-            for name, budget in budgets:
+                budgets.append((f"auto, memory-lean {args.lean_bytes} B/vector", args.lean_bytes * n, False))
+            if args.vectors_on_disk:
+                lean = f"auto, memory-lean {args.lean_bytes} B/vector, vectors on disk"
+                budgets.append((lean, args.lean_bytes * n, True))
+            for name, budget, on_disk in budgets:
                 for chooser in choosers:
                     spec = AutoIndexSpec(memory_budget=budget, target_recall=args.target_recall, chooser=chooser,
-                                         flat_below=args.flat_below, **trial)  # fmt: skip
+                                         flat_below=args.flat_below, vectors_on_disk=on_disk, **trial)  # fmt: skip
                     t0 = time.perf_counter()
                     index, record = autoindex.build(xb, ids, "auto", spec)
                     factory, rec = record.choice, record.to_dict()
                     build_s = time.perf_counter() - t0
-                    f = str(work / f"auto-{n}-{budget or 0}.faiss")
+                    f = str(work / f"auto-{n}-{budget or 0}{'-disk' if on_disk else ''}.faiss")
                     faiss.write_index(index, f)
-                    row = {"index": f"{name} [{chooser}]: {factory}", "chooser": chooser, "lean": budget is not None,
+                    row = {"index": f"{name} [{chooser}]: {factory}", "chooser": chooser,
+                           "lean": "disk" if on_disk else budget is not None,
                            "params": rec["params"], "tuned_recall@10": rec["recall_at_10"],
                            "build_s": round(build_s, 1), "train_s": rec["train_seconds"], "add_s": rec["add_seconds"],
                            "tune_s": rec["tune_seconds"], "bytes_per_vector": round(os.path.getsize(f) / n, 1),
@@ -287,8 +324,13 @@ def main() -> None:
                     keep = budget is None and chooser == choosers[-1] and n >= 1_000_000 and args.neighbors_k
                     if not keep:
                         del index  # at 1M the floats are 5 GB: not held twice while the query process loads them
-                    row.update(run_query_process(f, qfile, gtfile, args.single, False))
-                    row["mmap_load_s"] = run_query_process(f, qfile, gtfile, 10, True)["load_s"]
+                    row.update(run_query_process(f, qfile, gtfile, args.single, False, on_disk))
+                    resident = row["rss_anon_load_mb"] * 2**20
+                    if on_disk:  # mapped, but scanned by every query: codes, ids, centroids count, the floats not
+                        resident += os.path.getsize(f) - 4 * dim * n
+                    row["resident_bytes_per_vector"] = round(resident / n, 1)
+                    if not on_disk:
+                        row["mmap_load_s"] = run_query_process(f, qfile, gtfile, 10, True)["load_s"]
                     print(json.dumps(row), flush=True)
                     size["rows"].append(row)
                     if keep:
@@ -359,15 +401,19 @@ def neighbors_bench(work: Path, index, ids: np.ndarray, dim: int, args) -> dict:
 
 def table(results: dict) -> str:
     """Markdown rows; ``× fixed``: batched QPS over the fixed chooser's in the same run (same budget)."""
-    lines = ["| generator | n | index | build s | bytes/vector | recall@10 | batched QPS | × fixed | p50 ms | p99 ms | "
-             "query RSS MB | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| generator | n | index | build s | file B/vector | resident B/vector | recall@10 | batched QPS | × fixed | "
+             "p50 ms | p99 ms | query RSS MB | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for size in results["sizes"]:
         base = {r.get("lean"): r["batched_qps"] for r in size["rows"] if r.get("chooser") == "fixed"}
         for r in size["rows"]:
             ratio = f"{r['batched_qps'] / base[r.get('lean')]:.2f}" if r.get("lean") in base else "–"
+            qps = r["batched_qps"]
+            if "cold_batched_qps" in r:
+                qps = f"{qps} (cold {r['cold_batched_qps']})"
             lines.append(
                 f"| {size['generator']} | {size['n']:,} | {r['index']} {r.get('params') or ''} | "
-                f"{r.get('build_s') or '–'} | {r['bytes_per_vector']} | {r['recall@10']} | {r['batched_qps']} | "
+                f"{r.get('build_s') or '–'} | {r['bytes_per_vector']} | {r.get('resident_bytes_per_vector', '–')} | "
+                f"{r['recall@10']} | {qps} | "
                 f"{ratio} | {r['p50_ms']} | {r['p99_ms']} | {r.get('rss_mb') or '–'} | {r.get('load_average', '')} |"
             )
     return "\n".join(lines)

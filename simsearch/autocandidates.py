@@ -12,6 +12,9 @@ Families (factory strings without the ``IDMap2`` prefix; ``m`` sub-quantisers, `
   shuffles), ``pca-ivf-pqfs-refine`` ``PCAR{d/4},IVF,PQ{d/8}x4fs,RFlat`` (candidates found in a PCA-rotated,
   reduced space), ``hnsw`` ``HNSW32`` (a graph over the floats; up to :data:`HNSW_MAX` vectors: FAISS cannot remove
   from it, so a removal rebuilds the graph — see docs/scale.md);
+  With ``vectors_on_disk`` the floats of the re-ranking stage are not counted in the budget (they stay in the
+  index file, memory-mapped; only what queries touch is paged in), so these families serve memory-lean budgets
+  too (HNSW excepted);
 * memory-lean, when they do not fit — PQ codes only, as many bytes as the budget allows: ``ivf-pq`` (8-bit codes),
   ``ivf-pqfs`` (4-bit fast-scan, whose codebooks are 16× smaller, leaving more bytes for codes) and
   ``pca-ivf-pqfs`` (fast-scan codes of a PCA-rotated quarter of the dimensions).
@@ -96,6 +99,12 @@ def _fast_scan_fixed(dim: int, nlist: int) -> int:
     return 4 * dim * nlist + 16 * 4 * dim
 
 
+def resident_floats(dim: int, spec: AutoIndexSpec) -> int:
+    """Bytes per vector of the exact floats a re-ranking stage keeps in memory: none when they stay in the index
+    file and are read memory-mapped (``vectors_on_disk``; the page cache holds what the queries touch)."""
+    return 0 if spec.vectors_on_disk else 4 * dim
+
+
 def _sizes(n: int, dim: int, spec: AutoIndexSpec) -> tuple[int, int, int]:
     """(budget, nlist, train size) for ``n`` vectors; raises when an inverted file cannot be trained."""
     budget = spec.memory_budget or default_memory_budget()
@@ -132,12 +141,16 @@ def fixed_plan(n: int, dim: int, spec: AutoIndexSpec | None = None) -> Plan:
     per_vector = (budget - fixed) / n
     pq = pq_sizes(dim)
     m_fast = next((m for m in pq if dim // m <= 16 and m >= 8), pq[-1] if pq else None)
-    if m_fast is not None and per_vector >= 4 * dim + m_fast + ID_BYTES:
+    floats = resident_floats(dim, spec)
+    if m_fast is not None and spec.vectors_on_disk and per_vector < floats + m_fast + ID_BYTES:
+        m_fast = max((m for m in pq if m <= per_vector - ID_BYTES and dim // m >= 2), default=None)
+    if m_fast is not None and per_vector >= floats + m_fast + ID_BYTES:
+        where = "are memory-mapped from the index file" if spec.vectors_on_disk else f"fit in {format_size(budget)}"
         return Plan(
             f"IVF{nlist},PQ{m_fast},RFlat",
             "ivf-pq-refine",
-            f"{n:,} vectors; the float vectors fit in {format_size(budget)}: IVF-PQ candidates re-ranked exactly",
-            4 * dim + m_fast + ID_BYTES,
+            f"{n:,} vectors; the float vectors {where}: IVF-PQ candidates re-ranked exactly",
+            floats + m_fast + ID_BYTES,
             nlist,
             train,
         )
@@ -174,15 +187,18 @@ def candidates(n: int, dim: int, spec: AutoIndexSpec | None = None) -> list[Plan
         4 * dim * (dim + reduced) if reduced else 0
     )  # FAISS keeps the full d × d PCA matrix besides the d × d/4 one
     if first.family == "ivf-pq-refine":
-        floats = 4 * dim + ID_BYTES
+        floats = resident_floats(dim, spec) + ID_BYTES
+        kept = "stay on disk (memory-mapped)" if spec.vectors_on_disk else "fit"
         m_fs = 2 * int(first.factory.split(",PQ")[1].split(",")[0])  # the same bytes, twice the sub-quantisers
+        if spec.vectors_on_disk:  # codes as large as the room allows, up to the fixed rule's default bytes
+            room = (budget - _fast_scan_fixed(dim, nlist)) / n - ID_BYTES
+            m_fs = _largest_fast_scan(dim, min(room, max(m_fs, 2 * dim // 16) / 2)) or m_fs
         if dim % m_fs == 0:
             out.append(
                 Plan(
                     f"IVF{nlist},PQ{m_fs}x4fs,RFlat",
                     "ivf-pqfs-refine",
-                    f"{n:,} vectors; the floats fit in {format_size(budget)}: IVF with 4-bit fast-scan PQ "
-                    "candidates, re-ranked exactly",
+                    f"{n:,} vectors; the floats {kept}: IVF with 4-bit fast-scan PQ candidates, re-ranked exactly",
                     floats + m_fs / 2,
                     nlist,
                     train,
@@ -194,15 +210,15 @@ def candidates(n: int, dim: int, spec: AutoIndexSpec | None = None) -> list[Plan
                 Plan(
                     f"PCAR{reduced},IVF{nlist},PQ{m_r}x4fs,RFlat",
                     "pca-ivf-pqfs-refine",
-                    f"{n:,} vectors; the floats fit: candidates found in {reduced} PCA dimensions (fast-scan PQ), "
+                    f"{n:,} vectors; the floats {kept}: candidates found in {reduced} PCA dimensions (fast-scan PQ), "
                     "re-ranked exactly",
-                    floats + m_r / 2,
+                    floats + m_r / 2 + pca_fixed / n,
                     nlist,
                     train,
                 )
             )
-        graph = 4 * dim + HNSW_LINK_BYTES + 8
-        if n <= HNSW_MAX and graph * n <= budget:
+        graph = 4 * dim + HNSW_LINK_BYTES + 8  # a graph walk reads vectors all over the file: never on disk
+        if n <= HNSW_MAX and graph * n <= budget and not spec.vectors_on_disk:
             out.append(
                 Plan(
                     f"HNSW{HNSW_M}",

@@ -392,6 +392,7 @@ def build(
         train_seconds=round(built.t_train + t_trials, 2),
         add_seconds=round(built.t_add, 2),
         tune_seconds=round(built.t_tune, 2),
+        vectors_on_disk=spec.vectors_on_disk or None,
     )
     return built.index, record
 
@@ -427,10 +428,12 @@ def rebuild(
     *,
     memory_budget: str | int | None = None,
     target_recall: float | None = None,
+    vectors_on_disk: bool | None = None,
     progress: bool = False,
 ) -> tuple[Any, AutoIndexRecord]:
     """Retrain ``index``'s vectors into a new index (``factory`` ``auto`` or any factory string) and re-tune it.
-    Budget and target default to ``previous``'s (the index's record), else to the defaults."""
+    Budget, target and where the floats are kept default to ``previous``'s (the index's record), else to the
+    defaults."""
     prev = previous or AutoIndexRecord()
     if not is_exact_storage(index):
         log.warning(
@@ -445,6 +448,7 @@ def rebuild(
         memory_budget=parse_size(memory_budget) if memory_budget is not None else prev.memory_budget,
         target_recall=float(target_recall or prev.target_recall),
         flat_below=prev.flat_below,
+        vectors_on_disk=bool(prev.vectors_on_disk) if vectors_on_disk is None else vectors_on_disk,
     )
     return build(xb if auto else np.ascontiguousarray(xb), ids, AUTO if auto else factory, spec, progress=progress)
 
@@ -485,6 +489,8 @@ def describe(record: AutoIndexRecord | None, count: int, index_factory: str) -> 
             lines.append(("recall@10", f"{record.recall_at_10} ({what})"))
         if record.memory_budget:
             lines.append(("memory budget", format_size(record.memory_budget)))
+        if record.vectors_on_disk:
+            lines.append(("exact vectors", "on disk, memory-mapped (not counted in the memory budget)"))
         if record.trained_on:
             lines.append(("trained on", f"{record.trained_on:,} vectors (index built for {record.built_for or 0:,})"))
     lines.append(("rebuild advised", advice or "no"))

@@ -70,6 +70,7 @@ def build_index(roots=None, out: str | Path | None = None, **kwargs) -> UpdateRe
     ``engine`` (a registered engine name or a callable) / ``precision`` / ``draft`` / ``batch_size`` /
     ``workers`` (recorded in the manifest; an existing index keeps its own), ``max_pixels``, ``follow_symlinks``,
     ``commit_every``, ``progress``, ``embedder``, ``strict``, ``memory_budget``, ``target_recall``,
+    ``vectors_on_disk`` (with ``auto``: keep the exact re-ranking vectors in the index file, memory-mapped),
     ``engine_options`` (for the engine's factory, e.g. ``{"address": "auto"}`` with ``engine="ray"``),
     ``augment`` (an :class:`~simsearch.config.augment.AugmentSpec` or its text form ``dba``, ``none``,
     ``dba:k=10,rounds=2``; default: the index's own setting, or augmentation for a new index).
@@ -101,6 +102,7 @@ def run_build(
     strict: bool = INDEX.strict,
     memory_budget: int | str | None = None,
     target_recall: float | None = None,
+    vectors_on_disk: bool | None = None,
     engine_options: dict | None = None,
     augment: AugmentSpec | str | None = None,
 ) -> tuple[UpdateReport, Backbone | None]:
@@ -123,11 +125,13 @@ def run_build(
             bb = backbone if isinstance(backbone, Backbone) else create_backbone(backbone or DEFAULT_BACKBONE)
         if existing is not None:
             manifest, faiss_index = _reopen(
-                path, existing, bb, index_factory, item_pooling, memory_budget, target_recall
+                path, existing, bb, index_factory, item_pooling, memory_budget, target_recall, vectors_on_disk
             )
         else:
             assert bb is not None
-            manifest, faiss_index = _new_manifest(bb, index_factory, item_pooling, memory_budget, target_recall)
+            manifest, faiss_index = _new_manifest(
+                bb, index_factory, item_pooling, memory_budget, target_recall, vectors_on_disk
+            )
         augment_spec = requested_spec(existing, augment)
         augment_base = load_base(path, existing) if augment_spec.enabled else None
         if cat_path is not None:
@@ -198,13 +202,13 @@ def _folders(roots, catalog) -> list[Path]:
     return folders
 
 
-def _new_manifest(bb: Backbone, index_factory, item_pooling, memory_budget, target_recall):
+def _new_manifest(bb: Backbone, index_factory, item_pooling, memory_budget, target_recall, vectors_on_disk=None):
     auto = (index_factory or INDEX.index_factory).strip().lower() == "auto"  # decided at the end of the run (autoindex)
     faiss_index, factory = new_faiss_index(bb.dim, DEFAULT_FACTORY if auto else index_factory)
     stamp = now()
     extra = dict(bb.extra)
     if auto:
-        spec = AutoIndexSpec.from_options(memory_budget, target_recall)
+        spec = AutoIndexSpec.from_options(memory_budget, target_recall, vectors_on_disk=bool(vectors_on_disk))
         extra[INDEX_AUTO_KEY] = AutoIndexRecord.new(spec).to_dict()
     manifest = Manifest(
         format_version=FORMAT_VERSION,
@@ -233,13 +237,15 @@ def _pooling(value: str | None) -> str:
     return value
 
 
-def _reopen(path, existing: Manifest, bb, index_factory, item_pooling, memory_budget, target_recall):
+def _reopen(
+    path, existing: Manifest, bb, index_factory, item_pooling, memory_budget, target_recall, vectors_on_disk=None
+):
     if bb is not None:
         check_backbone(existing, bb, where=str(path))
     extra = dict(existing.extra)
     record = AutoIndexRecord.from_extra(extra, str(path / MANIFEST))
-    if record is not None and (memory_budget is not None or target_recall is not None):
-        extra[INDEX_AUTO_KEY] = record.with_settings(memory_budget, target_recall).to_dict()
+    if record is not None and (memory_budget, target_recall, vectors_on_disk) != (None, None, None):
+        extra[INDEX_AUTO_KEY] = record.with_settings(memory_budget, target_recall, vectors_on_disk).to_dict()
     if index_factory == "auto" and "index_auto" in extra:
         index_factory = None  # the index is already automatic
     if index_factory and new_faiss_index(existing.dim, index_factory)[1] != existing.index_factory:

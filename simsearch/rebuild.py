@@ -17,6 +17,7 @@ def rebuild_index(
     *,
     memory_budget=None,
     target_recall: float | None = None,
+    vectors_on_disk: bool | None = None,
     progress: bool = False,
 ) -> dict:
     """Save a new generation whose FAISS index is retrained on all the vectors (metadata unchanged).
@@ -33,7 +34,7 @@ def rebuild_index(
         previous = AutoIndexRecord.from_extra(m.extra, str(path / MANIFEST))
         new_index, record = autoindex.rebuild(
             index, index_factory, previous, memory_budget=memory_budget, target_recall=target_recall,
-            progress=progress,
+            vectors_on_disk=vectors_on_disk, progress=progress,
         )  # fmt: skip
         del index
         full = str(record.choice)

@@ -48,6 +48,13 @@ from ._common import command, main
     type=click.FloatRange(0, 1, min_open=True),
     help="With --index auto: recall@10 against exact search to tune for [default: 0.95].",
 )
+@click.option(
+    "--vectors-on-disk/--vectors-in-memory",
+    default=None,
+    help="With --index auto: keep the exact vectors that re-rank candidates in the index file, memory-mapped, and "
+    "leave them out of --memory-budget (RAM holds the compressed codes; see docs/scale.md) [default: in memory, "
+    "or the index's setting].",
+)
 @click.option("--prune", is_flag=True, help="Remove entries whose files no longer exist.")
 @click.option(
     "--engine",
@@ -93,7 +100,7 @@ from ._common import command, main
 )
 @command
 def index_cmd(
-    folders, catalog, root, item_pooling, out, backbone, arch, index_factory, memory_budget, target_recall, prune, engine, precision, draft,
+    folders, catalog, root, item_pooling, out, backbone, arch, index_factory, memory_budget, target_recall, vectors_on_disk, prune, engine, precision, draft,
     batch_size, workers, max_pixels, follow_symlinks, strict, address, commit_every, augment, quiet,
 ):  # fmt: skip
     """Embed every image under FOLDERS (recursively), or every item of --catalog, into an index.
@@ -102,7 +109,7 @@ def index_cmd(
     """
 
     bb = create_backbone(backbone, arch=arch) if backbone else None
-    scale = {"memory_budget": memory_budget, "target_recall": target_recall}
+    scale = {"memory_budget": memory_budget, "target_recall": target_recall, "vectors_on_disk": vectors_on_disk}
     r = build_index(
         list(folders) or None, out, catalog=catalog, root=root, item_pooling=item_pooling, backbone=bb, index_factory=index_factory, prune=prune, batch_size=batch_size,
         workers=workers, max_pixels=max_pixels, follow_symlinks=follow_symlinks, progress=not quiet,
@@ -197,14 +204,23 @@ def backbones_cmd(quiet):
     type=click.FloatRange(0, 1, min_open=True),
     help="recall@10 to tune for [default: the index's, or 0.95].",
 )
+@click.option(
+    "--vectors-on-disk/--vectors-in-memory",
+    default=None,
+    help="Keep the exact re-ranking vectors in the index file, memory-mapped, outside the memory budget "
+    "[default: the index's setting].",
+)
 @command
-def rebuild_cmd(index_path, index_factory, memory_budget, target_recall, quiet):
+def rebuild_cmd(index_path, index_factory, memory_budget, target_recall, vectors_on_disk, quiet):
     """Retrain INDEX's FAISS index on all its vectors (choose again with 'auto') and re-tune its search.
 
     Advisable when the collection grew far past what the index was trained for (`simsearch info` says so).
     No image is re-embedded: vectors come from the index (approximations for compressed indexes).
     """
-    r = rebuild_index(index_path, index_factory, memory_budget=memory_budget, target_recall=target_recall)
+    r = rebuild_index(
+        index_path, index_factory, memory_budget=memory_budget, target_recall=target_recall,
+        vectors_on_disk=vectors_on_disk,
+    )  # fmt: skip
     rec = r["record"]
     recall = f", recall@10 {rec['recall_at_10']}" if rec.get("recall_at_10") is not None else ""
     params = f" ({', '.join(f'{k}={v}' for k, v in rec['params'].items())})" if rec.get("params") else ""

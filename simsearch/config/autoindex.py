@@ -69,6 +69,7 @@ class AutoIndexSpec:
     chooser: str = DEFAULT_CHOOSER  # measured: try every family that fits; fixed: the single rule of commit fe4a9e6
     trial_size: int = TRIAL_SIZE  # vectors each candidate family is built and tuned on when the chooser measures
     families: tuple[str, ...] = ()  # candidate families the measured chooser may use (empty: all that fit but HNSW)
+    vectors_on_disk: bool = False  # re-ranking floats stay in the file (memory-mapped): the budget counts codes only
 
     def __post_init__(self) -> None:
         if self.memory_budget is not None and (isinstance(self.memory_budget, bool) or self.memory_budget <= 0):
@@ -109,7 +110,9 @@ _RECORD_TYPES: dict[str, tuple[type, ...]] = {
     "train_seconds": (int, float, type(None)),
     "add_seconds": (int, float, type(None)),
     "tune_seconds": (int, float, type(None)),
+    "vectors_on_disk": (bool,),
 }
+_FLAGS = ("vectors_on_disk",)  # boolean keys (written only when true)
 _ALWAYS_WRITTEN = ("requested", "memory_budget", "target_recall")
 
 
@@ -138,11 +141,15 @@ class AutoIndexRecord:
     train_seconds: float | None = None
     add_seconds: float | None = None
     tune_seconds: float | None = None
+    vectors_on_disk: bool | None = None  # True: the exact vectors of the re-ranking stage are read memory-mapped
 
     @classmethod
     def new(cls, spec: AutoIndexSpec) -> AutoIndexRecord:
         """The record of a new ``auto`` index, before anything was chosen."""
-        return cls(memory_budget=spec.memory_budget, target_recall=spec.target_recall, flat_below=spec.flat_below)
+        return cls(
+            memory_budget=spec.memory_budget, target_recall=spec.target_recall, flat_below=spec.flat_below,
+            vectors_on_disk=spec.vectors_on_disk or None,
+        )  # fmt: skip
 
     @property
     def automatic(self) -> bool:
@@ -150,14 +157,22 @@ class AutoIndexRecord:
 
     @property
     def spec(self) -> AutoIndexSpec:
-        return AutoIndexSpec(self.memory_budget, self.target_recall, self.flat_below)
+        return AutoIndexSpec(
+            self.memory_budget, self.target_recall, self.flat_below, vectors_on_disk=bool(self.vectors_on_disk)
+        )
 
     def with_settings(
-        self, memory_budget: str | int | None = None, target_recall: float | None = None
+        self,
+        memory_budget: str | int | None = None,
+        target_recall: float | None = None,
+        vectors_on_disk: bool | None = None,
     ) -> AutoIndexRecord:
-        """A new budget and/or target for an existing index (None keeps the recorded one); used from its next
-        final commit on (``update_config``)."""
+        """A new budget, target and/or place for the exact vectors of an existing index (None keeps the recorded
+        one); the budget and target are used from its next final commit on (``update_config``), the place of the
+        vectors from its next opening (an index without a re-ranking stage has no such vectors)."""
         changes: dict[str, Any] = {}
+        if vectors_on_disk is not None:
+            changes["vectors_on_disk"] = vectors_on_disk or None
         if memory_budget is not None:
             changes["memory_budget"] = parse_size(memory_budget)
         if target_recall is not None:
@@ -175,7 +190,7 @@ class AutoIndexRecord:
             raise IndexFormatError(f"{what}: unknown keys {unknown}; was it written by a newer simsearch?")
         for key, value in d.items():
             types = _RECORD_TYPES[key]
-            bad_type = not isinstance(value, types) or isinstance(value, bool)
+            bad_type = not isinstance(value, types) or (isinstance(value, bool) and key not in _FLAGS)
             if bad_type or (isinstance(value, (int, float)) and (value < 0 or math.isnan(value) or math.isinf(value))):
                 raise IndexFormatError(f"{what}: {key} {str(value)[:60]!r} is not valid (tampered?)")
         params = d.get("params", {})
@@ -198,6 +213,9 @@ class AutoIndexRecord:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object for the manifest: the keys earlier versions wrote (optional ones only when known)."""
         out = {k: v for k, v in dataclasses.asdict(self).items() if v is not None or k in _ALWAYS_WRITTEN}
+        for key in _FLAGS:  # absent unless true: earlier versions, which refuse unknown keys, read the others
+            if not out.get(key):
+                out.pop(key, None)
         if not self.params and self.choice is None:
             del out["params"]  # nothing chosen yet
         return out

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_write_text, fsync_dir, fsync_file
+from ..config.autoindex import AutoIndexRecord
 from ..errors import IndexFormatError, IndexLockedError, SimsearchError
 from ..faissops import search_params, set_search_params
 from .manifest import AUGMENT_KEY, FORMAT_VERSION, MANIFEST, Manifest, published_generation
@@ -97,8 +98,23 @@ def open_metadata(path: Path, m: Manifest) -> Metadata:
     return Metadata(db, m.roots, str(path))
 
 
-def load_generation(path: Path, m: Manifest, *, mmap: bool = False) -> tuple[object, Metadata]:
+def read_flags(m: Manifest, *, mmap: bool, read_only: bool) -> int:
+    """FAISS read flags: with ``mmap``, and for a reader (``read_only``) of an index whose record asks for
+    ``vectors_on_disk``, the whole file is mapped instead of read: inverted lists, codes and flat vector storage
+    (exact vectors, re-ranking floats) are views of it (FAISS's ``IO_FLAG_MMAP_IFC``; its older ``IO_FLAG_MMAP``
+    maps inverted lists only, and fails combined with it). A mapped index cannot be written to (FAISS aborts on
+    an add): writers load with neither."""
+    import faiss
+
+    record = AutoIndexRecord.from_extra(m.extra) if read_only and not mmap else None
+    if mmap or (record is not None and record.vectors_on_disk):
+        return faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
+    return 0
+
+
+def load_generation(path: Path, m: Manifest, *, mmap: bool = False, read_only: bool = False) -> tuple[object, Metadata]:
     """The FAISS index and metadata of generation ``m``, checked against each other and the manifest.
+    ``mmap`` and ``read_only``: see :func:`read_flags` (a writer passes neither).
 
     A file that vanishes meanwhile (a writer removing an old generation) raises FileNotFoundError: retry.
     """
@@ -110,8 +126,7 @@ def load_generation(path: Path, m: Manifest, *, mmap: bool = False) -> tuple[obj
     # the metadata first: on Linux an open file survives a writer deleting it
     meta = open_metadata(path, m)
     try:
-        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-        index = faiss.read_index(str(vec_path), flags)
+        index = faiss.read_index(str(vec_path), read_flags(m, mmap=mmap, read_only=read_only))
     except RuntimeError as e:
         meta.close()
         if not vec_path.exists():
@@ -133,17 +148,17 @@ def load_generation(path: Path, m: Manifest, *, mmap: bool = False) -> tuple[obj
     return index, meta
 
 
-def load_augmented(path: Path, m: Manifest, *, mmap: bool = False, graph: bool = False):
+def load_augmented(path: Path, m: Manifest, *, mmap: bool = False, read_only: bool = False, graph: bool = False):
     """The augmented FAISS index of generation ``m`` (and with ``graph`` its neighbour-graph arrays), or None
-    when the generation has none. Checked against the raw index's size."""
+    when the generation has none. Checked against the raw index's size. ``mmap``, ``read_only``: as
+    :func:`load_generation`."""
     import faiss
 
     if not m.augmented:
         return None
     aug_path = path / m.augmented_file
     try:
-        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-        index = faiss.read_index(str(aug_path), flags)
+        index = faiss.read_index(str(aug_path), read_flags(m, mmap=mmap, read_only=read_only))
     except RuntimeError as e:
         if not aug_path.exists():
             raise FileNotFoundError(aug_path) from None

@@ -54,9 +54,9 @@ class Snapshot:
         for attempt in range(OPEN_RETRIES):
             manifest = read_manifest(path)
             try:
-                faiss_index, meta = load_generation(path, manifest, mmap=mmap)
+                faiss_index, meta = load_generation(path, manifest, mmap=mmap, read_only=True)
                 try:
-                    augmented = load_augmented(path, manifest, mmap=mmap)
+                    augmented = load_augmented(path, manifest, mmap=mmap, read_only=True)
                 except BaseException:
                     meta.close()
                     raise
