@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_write_text, fsync_dir, fsync_file
-from ..config.autoindex import AutoIndexRecord
+from ..config.autoindex import INDEX_AUTO_KEY
 from ..errors import IndexFormatError, IndexLockedError, SimsearchError
 from ..faissops import search_params, set_search_params
 from .manifest import AUGMENT_KEY, FORMAT_VERSION, MANIFEST, Manifest, published_generation
@@ -106,8 +106,9 @@ def read_flags(m: Manifest, *, mmap: bool, read_only: bool) -> int:
     an add): writers load with neither."""
     import faiss
 
-    record = AutoIndexRecord.from_extra(m.extra) if read_only and not mmap else None
-    if mmap or (record is not None and record.vectors_on_disk):
+    record = (m.extra or {}).get(INDEX_AUTO_KEY)  # read as is: a reader does not validate the whole record
+    on_disk = read_only and isinstance(record, dict) and record.get("vectors_on_disk") is True
+    if mmap or on_disk:
         return faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
     return 0
 
