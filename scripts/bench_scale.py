@@ -13,8 +13,10 @@ For each generator and size it reports, for flat exact search and, for each ``--
 commit fe4a9e6, the baseline; ``measured``: every candidate family tried), the auto choice (default memory budget)
 and the memory-lean auto choice (``--lean-bytes`` per vector): build time, bytes/vector (index file size / n), recall@10
 against exact search, batched QPS (all queries at once), single-query p50/p99, and the RSS of a fresh query process
-that loads the index file ("resident B/vector": the anonymous memory the loaded index takes, before searching;
-for a mapped file, the file's bytes other than the re-ranking floats, which every query scans, are counted too).
+that loads the index file. Memory per vector, two ways: "B/vector in memory" is the index file's size over n (for a
+``vectors on disk`` row: without the re-ranking floats, which stay on disk), the accounting of every earlier figure;
+"RssAnon B/vector" is the heap the loaded index takes before searching (FAISS's own tables and id maps included;
+mapped file pages, which the kernel can drop and read again, are not in it).
 ``--vectors-on-disk`` adds memory-lean rows whose re-ranking vectors stay in the file, memory-mapped
 (``AutoIndexSpec.vectors_on_disk``): the file is dropped from the page cache before the query process searches,
 and its first batched pass is reported cold beside the warm figure. Exact ground truth is computed for the queries
@@ -240,7 +242,11 @@ def main() -> None:
     ap.add_argument("--neighbors-k", type=int, default=50)
     ap.add_argument("--neighbors-items", type=int, help="Items to compute neighbours for [default: all].")
     ap.add_argument("--out", help="Write the results as JSON here too.")
+    ap.add_argument("--table", metavar="JSON", help="Only print the table of the results saved by an earlier --out.")
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())))
+        return
 
     import faiss
 
@@ -325,10 +331,9 @@ def main() -> None:
                     if not keep:
                         del index  # at 1M the floats are 5 GB: not held twice while the query process loads them
                     row.update(run_query_process(f, qfile, gtfile, args.single, False, on_disk))
-                    resident = row["rss_anon_load_mb"] * 2**20
-                    if on_disk:  # mapped, but scanned by every query: codes, ids, centroids count, the floats not
-                        resident += os.path.getsize(f) - 4 * dim * n
-                    row["resident_bytes_per_vector"] = round(resident / n, 1)
+                    row["rss_anon_bytes_per_vector"] = round(row["rss_anon_load_mb"] * 2**20 / n, 1)
+                    if on_disk:  # the file without the floats: codes, ids, centroids (what every query scans)
+                        row["memory_bytes_per_vector"] = round(row["bytes_per_vector"] - 4 * dim, 1)
                     if not on_disk:
                         row["mmap_load_s"] = run_query_process(f, qfile, gtfile, 10, True)["load_s"]
                     print(json.dumps(row), flush=True)
@@ -401,7 +406,7 @@ def neighbors_bench(work: Path, index, ids: np.ndarray, dim: int, args) -> dict:
 
 def table(results: dict) -> str:
     """Markdown rows; ``× fixed``: batched QPS over the fixed chooser's in the same run (same budget)."""
-    lines = ["| generator | n | index | build s | file B/vector | resident B/vector | recall@10 | batched QPS | × fixed | "
+    lines = ["| generator | n | index | build s | B/vector in memory | RssAnon B/vector | recall@10 | batched QPS | × fixed | "
              "p50 ms | p99 ms | query RSS MB | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for size in results["sizes"]:
         base = {r.get("lean"): r["batched_qps"] for r in size["rows"] if r.get("chooser") == "fixed"}
@@ -412,7 +417,8 @@ def table(results: dict) -> str:
                 qps = f"{qps} (cold {r['cold_batched_qps']})"
             lines.append(
                 f"| {size['generator']} | {size['n']:,} | {r['index']} {r.get('params') or ''} | "
-                f"{r.get('build_s') or '–'} | {r['bytes_per_vector']} | {r.get('resident_bytes_per_vector', '–')} | "
+                f"{r.get('build_s') or '–'} | {r.get('memory_bytes_per_vector', r['bytes_per_vector'])} | "
+                f"{r.get('rss_anon_bytes_per_vector', '–')} | "
                 f"{r['recall@10']} | {qps} | "
                 f"{ratio} | {r['p50_ms']} | {r['p99_ms']} | {r.get('rss_mb') or '–'} | {r.get('load_average', '')} |"
             )
