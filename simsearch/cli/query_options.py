@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from ..config import LIMITS
-from ..preload import start_preload
+from ..preload_fork import start_fork
 from ._common import command
 
 
@@ -87,4 +87,8 @@ def warm_up(args: Sequence[str]) -> None:
     except (click.exceptions.Exit, click.ClickException):
         return
     if index_path and images:
-        start_preload(index_path, images, embedder_options(images))
+        options = embedder_options(images)
+        if not start_fork(index_path, images, options):  # one new photo: embedded by a child process
+            from ..preload import start_preload  # numpy, the embedding code...
+
+            start_preload(index_path, images, options)
