@@ -22,7 +22,6 @@ from .config.index import READER
 from .embed import Embedder, cached_embedder_for_index, embedder_for_index
 from .errors import SimsearchError
 from .preload import PendingEmbedder
-from .preload_fork import ForkedEmbedding
 from .search import Hit, allowed_items, check_vector, recommend, search, search_vectors
 from .store import MANIFEST, Item, Manifest, Snapshot, published_generation
 from .store.delta import DeltaJournal, NewOp
@@ -58,7 +57,7 @@ class IndexReader:
         self._backbone = backbone
         self._embedder: Embedder | None = None
         self._pending: PendingEmbedder | None = None
-        self._preloaded: PendingEmbedder | ForkedEmbedding | None = None  # may have embedded the first query's photos
+        self._preloaded: PendingEmbedder | None = None  # may have embedded the first query's photos
         self.embedder_options: dict = dict(embedder_options or {})
 
     @classmethod
@@ -124,12 +123,10 @@ class IndexReader:
         assert self._backbone is not None
         return self._backbone
 
-    def adopt_embedder(self, pending: PendingEmbedder | ForkedEmbedding | None) -> None:
+    def adopt_embedder(self, pending: PendingEmbedder | None) -> None:
         """Use an embedder being made in the background (:func:`simsearch.preload.preload_embedder`), waited for
-        on first use, if it embeds as this index does with these ``embedder_options``; or the vectors of a child
-        process (:mod:`simsearch.preload_fork`) for the first images embedded, under the same condition."""
-        self._pending = pending if isinstance(pending, PendingEmbedder) else None
-        self._preloaded = pending
+        on first use, if it embeds as this index does with these ``embedder_options``."""
+        self._pending = self._preloaded = pending
 
     @property
     def embedder(self) -> Embedder:
@@ -168,14 +165,7 @@ class IndexReader:
 
     def embed(self, images: Sequence) -> np.ndarray:
         """Embed images (paths, bytes or PIL images) exactly as the index's photos were embedded."""
-        preloaded, self._preloaded = self._preloaded, None
-        if isinstance(preloaded, ForkedEmbedding):  # made by a child: this process needs no model for them
-            own = self._backbone is not None or self._embedder is not None
-            made = None if own else preloaded.vectors(self.manifest, self.embedder_options, images)
-            if made is not None:
-                return made
-            preloaded = None
-        embedder = self.embedder
+        embedder, preloaded, self._preloaded = self.embedder, self._preloaded, None
         vectors = preloaded.embedded(embedder, images) if preloaded is not None else None
         return vectors if vectors is not None else embedder.embed(images)
 

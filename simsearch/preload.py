@@ -10,6 +10,7 @@ generation in between). Vectors are those of the embedder the index would have m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -21,10 +22,14 @@ import numpy as np
 
 from .embed import Embedder, cached_backbone_of, cached_embedder_for_index
 from .engines import openvino_available
-from .preload_fork import ForkedEmbedding, embedding_of, file_stamps, outside_roots, take_fork
 from .store import Manifest, existing_index, read_manifest
 
 log = logging.getLogger("simsearch")
+
+
+def embedding_of(m: Manifest) -> tuple:
+    """What determines how an index embeds new images (two manifests equal here embed alike)."""
+    return (m.backbone, m.arch, m.weights_sha256, m.preprocessing, m.dim, (m.extra or {}).get("embedding"))
 
 
 class PendingEmbedder:
@@ -51,7 +56,7 @@ class PendingEmbedder:
         try:
             self._embedder = cached_embedder_for_index(self.manifest, cached=self._backbone, **self.options)
             if self._embedder is not None and self._photos:
-                stamps = file_stamps(self._photos)
+                stamps = _stamps(self._photos)
                 if stamps is not None:
                     self._vectors = (stamps, self._embedder.embed(self._photos))
         except Exception as e:  # the index then makes its embedder itself, and reports what is wrong
@@ -71,12 +76,31 @@ class PendingEmbedder:
         made, self._vectors = self._vectors, None
         if made is None or embedder is not self._embedder or not all(isinstance(i, (str, Path)) for i in images):
             return None
-        if [Path(i).expanduser() for i in images] != self._photos or file_stamps(self._photos) != made[0]:
+        if [Path(i).expanduser() for i in images] != self._photos or _stamps(self._photos) != made[0]:
             return None
         return made[1]
 
     def wait(self) -> None:
         self._thread.join()
+
+
+def _stamps(files: Sequence[Path]) -> list | None:
+    """What tells a changed file (None: one cannot be read)."""
+    try:
+        return [(s.st_ino, s.st_size, s.st_mtime_ns) for s in (f.stat() for f in files)]
+    except OSError:
+        return None
+
+
+def outside_roots(manifest: Manifest, image: str | Path) -> bool:
+    """Whether ``image`` is a file outside every folder the index was built from, hence surely not an indexed
+    photo: a query of it embeds it (an indexed photo's query reads its stored vector and needs no model)."""
+    with contextlib.suppress(OSError, RuntimeError):
+        p = Path(image).expanduser()
+        if p.is_file():
+            real = p.resolve()
+            return not any(real.is_relative_to(Path(r).resolve()) for r in manifest.roots)
+    return False
 
 
 def preload_embedder(
@@ -111,12 +135,8 @@ def start_preload(index_path: str | Path, images: Sequence[str | Path], options:
 
 def take_preload(
     index_path: str | Path, images: Sequence[str | Path], options: dict[str, Any]
-) -> PendingEmbedder | ForkedEmbedding | None:
-    """The child process (:func:`simsearch.preload_fork.start_fork`) or the load (:func:`start_preload`) started
-    for exactly these arguments (once), else :func:`preload_embedder`."""
-    forked = take_fork(index_path, images, options)
-    if forked is not None:
-        return forked
+) -> PendingEmbedder | None:
+    """The load :func:`start_preload` started for exactly these arguments (once), else :func:`preload_embedder`."""
     key = _started_key(index_path, images, options)
     if key in _STARTED:
         return _STARTED.pop(key)

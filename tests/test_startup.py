@@ -285,32 +285,16 @@ def test_a_new_photo_is_embedded_beside_the_imports_and_its_vectors_used_only_as
     assert pending.embedded(own, [image, indexed]) is None
 
 
-# runs the CLI (its child process forked or not, as MODE says), and reports which of these modules were imported
-# when the model's load started: in a thread, or in a child process (simsearch.preload_fork)
+# runs the CLI, and reports which of these modules were imported when the model's thread started
 CLI_REPORTING_PRELOAD_START = """
-import builtins, dataclasses, json, sys
-from simsearch import preload_fork
-preload_fork.STARTUP = dataclasses.replace(preload_fork.STARTUP, fork_query_model=MODE)
-def seen():
-    return [m for m in ("faiss", "numpy", "simsearch.index", "simsearch.cli.querying") if m in sys.modules]
-fork, imports = preload_fork.fork_embedding, builtins.__import__
-def forking(*args):
-    before = seen()
-    child = fork(*args)
-    if child is not None:
-        print("PRELOAD " + json.dumps(["child", *before]), file=sys.stderr)
-    return child
-def hook_thread(*args, **kwargs):  # simsearch.preload, once imported (it imports numpy: not before the fork)
-    module = imports(*args, **kwargs)
-    p = getattr(sys.modules.get("simsearch.preload"), "PendingEmbedder", None)
-    if p is not None and not hasattr(p, "reported"):
-        init = p.__init__
-        def reporting(self, *args, **kwargs):
-            print("PRELOAD " + json.dumps(["thread", *seen()]), file=sys.stderr)
-            init(self, *args, **kwargs)
-        p.__init__, p.reported = reporting, True
-    return module
-preload_fork.fork_embedding, builtins.__import__ = forking, hook_thread
+import json, sys
+from simsearch import preload
+init = preload.PendingEmbedder.__init__
+def reporting(self, *args, **kwargs):
+    seen = [m for m in ("faiss", "simsearch.index", "simsearch.cli.querying") if m in sys.modules]
+    print("PRELOAD " + json.dumps(seen), file=sys.stderr)
+    init(self, *args, **kwargs)
+preload.PendingEmbedder.__init__ = reporting
 from simsearch.cli import main
 sys.argv[0] = "simsearch"
 main()
@@ -318,23 +302,18 @@ main()
 
 
 @needs_openvino
-@pytest.mark.parametrize("mode", ["never", "always"])
-def test_a_query_starts_its_model_before_importing_the_query_code(ov_index, tmp_path, mode):
+def test_a_query_starts_its_model_before_importing_the_query_code(ov_index, tmp_path):
     image = new_photo(SAMPLE / "animals" / "dogs_at_window.jpg", tmp_path / "new.jpg")
-    code = CLI_REPORTING_PRELOAD_START.replace("MODE", repr(mode))
-    proc = run_python(code, "query", str(ov_index), "-k", "3", str(image), "--json")
+    proc = run_python(CLI_REPORTING_PRELOAD_START, "query", str(ov_index), "-k", "3", str(image), "--json")
     assert proc.returncode == 0, proc.stderr
     starts = [json.loads(line.split(" ", 1)[1]) for line in proc.stderr.splitlines() if line.startswith("PRELOAD ")]
-    # once, before FAISS, the index facade and the query command were imported: a child forked before numpy too
-    assert starts == ([["thread", "numpy"]] if mode == "never" else [["child"]])
+    assert starts == [[]]  # once, before FAISS, the index facade and the query command were imported
     assert len(json.loads(proc.stdout)["results"]) == 3
-    # an indexed photo needs no thread (a child finds it indexed and stops); bad arguments start nothing (the
-    # command then says what is wrong)
+    # an indexed photo needs no model; bad arguments start nothing (the command then says what is wrong)
     indexed = str(next((SAMPLE / "flowers").glob("*.jpg")))
-    proc = run_python(code, "query", str(ov_index), indexed)
-    assert "PRELOAD" not in proc.stderr.replace('PRELOAD ["child"]', ""), mode
-    proc = run_python(code, "query", str(ov_index), str(image), "-k", "0")
-    assert "PRELOAD" not in proc.stderr, mode
+    for args in (["query", str(ov_index), indexed], ["query", str(ov_index), str(image), "-k", "0"]):
+        proc = run_python(CLI_REPORTING_PRELOAD_START, *args)
+        assert "PRELOAD" not in proc.stderr, args
 
 
 @needs_openvino

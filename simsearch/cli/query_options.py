@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from ..config import LIMITS
-from ..preload_fork import start_fork
+from ..preload import start_preload
 from ._common import command
 
 
@@ -87,8 +87,4 @@ def warm_up(args: Sequence[str]) -> None:
     except (click.exceptions.Exit, click.ClickException):
         return
     if index_path and images:
-        options = embedder_options(images)
-        if not start_fork(index_path, images, options):  # one new photo: embedded by a child process
-            from ..preload import start_preload  # numpy, the embedding code...
-
-            start_preload(index_path, images, options)
+        start_preload(index_path, images, embedder_options(images))

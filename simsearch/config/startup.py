@@ -10,7 +10,7 @@ THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
 
 @dataclass(frozen=True)
 class StartupSettings:
-    """Threads of numpy's BLAS and of FAISS's OpenMP for the quick commands; where a query embeds its new photo.
+    """Threads of numpy's BLAS and of FAISS's OpenMP for the quick commands.
 
     numpy's OpenBLAS starts its thread pool when numpy is imported, and the threads spin a while waiting for work
     (about 0.13 s of CPU per process on 2 cores); FAISS's OpenMP threads, started by the first search, took 4-8 ms
@@ -24,13 +24,6 @@ class StartupSettings:
 
     threads: int = 1
     quick_commands: tuple[str, ...] = ("query", "recommend")
-    # ``simsearch query INDEX NEW.jpg`` may embed its one new photo in a forked child process while it imports the
-    # query code and opens the index (:mod:`simsearch.preload_fork`; Linux, two CPUs or more), else in a thread:
-    # "idle" forks when a CPU is idle at that moment (the child's work then runs beside the query's own; on busy
-    # CPUs its duplicated imports only add work), "always", or "never"
-    fork_query_model: str = "idle"
-    # seconds the parent waits for that child's vector before it embeds the photo itself
-    fork_timeout: float = 120.0
 
 
 STARTUP = StartupSettings()
