@@ -13,18 +13,21 @@ import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..backbones import Backbone, l2_normalize
 from ..system import cpu_count
-from . import cache, int8
-from .protocol import Batch
+from . import cache
 from .runtime import import_openvino
+
+if TYPE_CHECKING:
+    from .protocol import Batch
 
 log = logging.getLogger("simsearch")
 
@@ -53,6 +56,77 @@ def openvino_has_bf16() -> bool:
         return "BF16" in ov_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     except Exception:
         return False
+
+
+def compile_config(precision: str, hint: str, threads: int | None, entry: Path | None) -> dict[str, Any]:
+    """The CPU plugin's configuration of an :class:`OpenVINOEngine` (``precision`` fp32, bf16 or int8; ``entry``:
+    the model's cache folder, whose ``compiled/`` holds OpenVINO's compiled blobs)."""
+    config: dict[str, Any] = {
+        "PERFORMANCE_HINT": hint.upper(),
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        "INFERENCE_NUM_THREADS": threads or cpu_count(),
+    }
+    if entry is not None:
+        config["CACHE_DIR"] = str(entry / "compiled")  # OpenVINO's own compiled-blob cache
+    return config
+
+
+# compiles started ahead of the engine that will use them (precompile), by model file and configuration
+_AHEAD: dict[str, Future] = {}
+_AHEAD_LOCK = threading.Lock()
+
+
+def _ahead_key(model: Path, config: dict[str, Any]) -> str:
+    return repr((str(model), sorted(config.items())))
+
+
+def compile_model(core: Any, model: Path, config: dict[str, Any]) -> Any:
+    """``core.compile_model(model, "CPU", config)``, or the result of the same compile started ahead by
+    :func:`precompile` (taken once; its error, if it failed, raised here)."""
+    with _AHEAD_LOCK:
+        ahead = _AHEAD.pop(_ahead_key(model, config), None)
+    if ahead is not None:
+        return ahead.result()
+    return core.compile_model(str(model), "CPU", config)
+
+
+def precompile(
+    weights_sha256: str,
+    arch: str,
+    input_size: Sequence[int],
+    precision: str,
+    *,
+    static_batch: int,
+    hint: str = "throughput",
+    threads: int | None = None,
+) -> bool:
+    """Start compiling, in a thread, the cached model of these weights with its batch fixed to ``static_batch``,
+    as an :class:`OpenVINOEngine` of that ``precision`` (fp32 or bf16), ``hint``, ``threads`` and
+    ``static_batch`` will (the compile releases the GIL); the engine then takes it instead of compiling. Needs
+    only OpenVINO and the on-disk cache, not the backbone, the transform or the photo decoders: a one-image query
+    starts it right after importing OpenVINO. Whether a compile was started (not without a cached model)."""
+    if precision not in ("fp32", "bf16") or not openvino_available():
+        return False
+    if cache.cached_ir(weights_sha256, arch, input_size) is None:
+        return False
+    core = ov_core()
+    entry = cache.ir_entry(weights_sha256, arch, input_size)
+    static = cache.static_ir(entry, static_batch, core)
+    if static is None:
+        return False
+    config = compile_config(precision, hint, threads, entry)
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(core.compile_model(str(static), "CPU", config))
+        except BaseException as e:  # raised where it is taken (the engine then handles it as its own compile's)
+            future.set_exception(e)
+
+    with _AHEAD_LOCK:
+        _AHEAD[_ahead_key(static, config)] = future
+    threading.Thread(target=run, name="simsearch-compile").start()  # not a daemon: never cut short at exit
+    return True
 
 
 def as_array(batch: Batch) -> np.ndarray:
@@ -106,17 +180,13 @@ class OpenVINOEngine:
         core = ov_core()
         self.calibration: dict | None = None
         if precision == "int8":
+            from . import int8  # the quantisation code (and the photo decoders) only when it is used
+
             cal = calibration if calibration is not None else int8.calibration_set([])
             model, entry, self.calibration = int8.load_or_quantize(backbone, cal)
         else:
             model, entry = cache.load_or_convert(backbone)
-        config: dict[str, Any] = {
-            "PERFORMANCE_HINT": hint.upper(),
-            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-            "INFERENCE_NUM_THREADS": threads or cpu_count(),
-        }
-        if entry is not None:
-            config["CACHE_DIR"] = str(entry / "compiled")  # OpenVINO's own compiled-blob cache
+        config = compile_config(precision, hint, threads, entry)
         self._config, self._general, self.static_batch = config, model, None
         t0 = time.perf_counter()
         static = None
@@ -124,7 +194,7 @@ class OpenVINOEngine:
             static = cache.static_ir(entry, static_batch, core)
         if static is not None and static_batch:  # batches of that size only (others: the general model, later)
             try:
-                self.compiled, self.static_batch = core.compile_model(str(static), "CPU", config), int(static_batch)
+                self.compiled, self.static_batch = compile_model(core, static, config), int(static_batch)
             except RuntimeError as e:  # damaged: made again next time
                 log.warning(
                     "cannot compile the batch-%s model in %s (%s); using the general one", static_batch, entry, e
