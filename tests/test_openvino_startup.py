@@ -81,20 +81,13 @@ def test_a_one_image_model_compiled_ahead_is_taken_by_its_engine_only(tiny_backb
     plain = create_engine(bb, "openvino", "fp32", hint="latency", threads=1, static_batch=1)  # caches the model
     x = np.random.default_rng(0).standard_normal((1, *size)).astype(np.float32)
     expected = plain(x)
-    taken = []
-    compile_model = ov_engine.compile_model
-
-    def counting(core, model, config):
-        taken.append(bool(ov_engine._AHEAD))
-        return compile_model(core, model, config)
-
-    monkeypatch.setattr(ov_engine, "compile_model", counting)
     assert ov_engine.precompile(bb.weights_sha256, bb.arch, size, "fp32", static_batch=1, hint="latency", threads=1)
     assert len(ov_engine._AHEAD) == 1
     ahead = next(iter(ov_engine._AHEAD.values()))
     engine = create_engine(bb, "openvino", "fp32", hint="latency", threads=1, static_batch=1)
-    assert taken == [True] and not ov_engine._AHEAD and engine.compiled is ahead.result()
-    assert engine.static_batch == 1 and np.array_equal(engine(x), expected)
+    assert not ov_engine._AHEAD and engine._ahead is ahead  # taken, waited for at its first use
+    assert np.array_equal(engine(x), expected) and engine.compiled is ahead.result() and engine._ahead is None
+    assert engine.static_batch == 1 and engine.precision == plain.precision and engine.requests == plain.requests
     # another configuration (two threads): not taken; that engine compiles its own
     assert ov_engine.precompile(bb.weights_sha256, bb.arch, size, "fp32", static_batch=1, hint="latency", threads=2)
     other = create_engine(bb, "openvino", "fp32", hint="latency", threads=1, static_batch=1)
@@ -114,5 +107,6 @@ def test_a_failed_compile_ahead_is_the_engines_own_failure(tiny_backbone, tmp_pa
     copy.write_text("<net>damaged")  # the compile ahead fails; the engine handles it as its own compile's failure
     assert ov_engine.precompile(bb.weights_sha256, bb.arch, size, "fp32", static_batch=1, hint="latency", threads=1)
     engine = create_engine(bb, "openvino", "fp32", hint="latency", threads=1, static_batch=1)
+    assert engine.precision == "fp32"  # the engine's first use: the compile's failure handled as its own
     assert not ov_engine._AHEAD and engine.static_batch is None and not copy.exists()  # the general model answers
     assert engine(np.zeros((1, *size), np.float32)).shape == (1, bb.dim)
