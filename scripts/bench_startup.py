@@ -147,6 +147,7 @@ def hook_preload():
     wrap(p, "_load", "thread: load begins (compile...)", "thread: load done")
     wrap(p, "result", "main: waits for the model", "main: got the model")
     wrap(p, "embedded", "main: takes the photo's vectors", "main: got them")
+    wrap(sys.modules["simsearch.preload"], "precompile_for", "main: starts the model's compile ahead", "main: compile started")
 def watched(name, globals=None, locals=None, fromlist=(), level=0):
     full = name
     if level and globals:

@@ -16,13 +16,16 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .embed import Embedder, cached_backbone_of, cached_embedder_for_index
-from .engines import openvino_available
+from .config.embedding import recorded_settings
+from .engines.openvino import openvino_available, precompile
 from .store import Manifest, existing_index, read_manifest
+
+if TYPE_CHECKING:
+    from .embed import Embedder
 
 log = logging.getLogger("simsearch")
 
@@ -43,16 +46,22 @@ class PendingEmbedder:
         self._embedder: Embedder | None = None
         self._photos = [Path(p).expanduser() for p in photos]
         self._vectors: tuple[list, np.ndarray] | None = None  # (the photos' file stamps, their vectors)
-        # OpenVINO is imported here, in the caller's thread: importing holds the GIL wherever it runs, and the
-        # thread's compile, which does not, then starts at once
+        # OpenVINO is imported here, in the caller's thread: importing holds the GIL wherever it runs; then the
+        # one-image model's compile, which does not, starts in a thread of its own before the embedding code (PIL,
+        # the engines) is imported: the engine made in the thread below takes it
         openvino_available()
-        # so are the look-ups before the compile (the cache key's package versions, the cached model's files): a
+        precompile_for(manifest, self.options)
+        from .embed import cached_backbone_of
+
+        # so are the look-ups before the engine (the cache key's package versions, the cached model's files): a
         # few ms here, where in the thread each file read would wait for the GIL behind the caller's imports
         self._backbone = cached_backbone_of(manifest)
         self._thread = threading.Thread(target=self._load, name="simsearch-preload")
         self._thread.start()
 
     def _load(self) -> None:
+        from .embed import cached_embedder_for_index
+
         try:
             self._embedder = cached_embedder_for_index(self.manifest, cached=self._backbone, **self.options)
             if self._embedder is not None and self._photos:
@@ -82,6 +91,26 @@ class PendingEmbedder:
 
     def wait(self) -> None:
         self._thread.join()
+
+
+def precompile_for(manifest: Manifest, options: dict[str, Any]) -> bool:
+    """Start compiling the model that :func:`~simsearch.embed.cached_embedder_for_index` makes for ``manifest``
+    with the embedder ``options``, when it is the OpenVINO fp32/bf16 model of one fixed batch size
+    (:func:`simsearch.engines.openvino.precompile`): whether it was started."""
+    engine_options = dict(options.get("engine_options") or {})
+    rec = recorded_settings(manifest.extra, manifest.count)
+    if set(options) - {"engine_options"} or set(engine_options) - {"hint", "threads", "static_batch"}:
+        return False  # other options (engine, precision, batch size...): made as they say
+    if rec is None or rec.engine != "openvino" or not engine_options.get("static_batch"):
+        return False
+    try:
+        return precompile(
+            manifest.weights_sha256, manifest.arch, manifest.preprocessing["input_size"], rec.precision,
+            **engine_options,
+        )  # fmt: skip
+    except Exception as e:  # the engine compiles it itself, and reports what is wrong
+        log.debug("cannot compile the model ahead (%s)", e)
+        return False
 
 
 def _stamps(files: Sequence[Path]) -> list | None:

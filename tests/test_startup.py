@@ -56,6 +56,7 @@ NOT_ON_THE_QUERY_PATH = [
     "simsearch.classify",
     "simsearch.cli.indexing",
     "simsearch.cli.serving",
+    "simsearch.gallery",  # --html only
 ]
 
 # runs the `simsearch` console script's entry point, then reports the modules the process imported

@@ -8,7 +8,6 @@ import click
 
 from ..config import LIMITS
 from ..errors import SimsearchError
-from ..gallery import write_query_gallery
 from ..index_reader import IndexReader
 from ..preload import take_preload
 from ..rules import Rules
@@ -64,6 +63,8 @@ def query_cmd(
         query = list(ids) + list(keys) + list(images)
         hits = idx.search(query, k=k, filter=filter, rules=rules, augment=augment)
         if html_out:
+            from ..gallery import write_query_gallery  # html, base64...: only for --html
+
             write_query_gallery(html_out, idx, query, hits)
             log.info("gallery written to %s", html_out)
     return {"index": index_path, "query": {"images": list(images), "ids": list(ids), "keys": list(keys)}, "k": k,
