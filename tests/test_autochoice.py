@@ -251,7 +251,7 @@ def test_measured_chooser_tunes_on_rows_kept_out_of_the_trial_index(monkeypatch)
         return tuning
 
     monkeypatch.setattr(autoindex, "tune", spy)
-    index, record = autoindex.build(x, ids, "auto", spec)
+    index, record = autoindex.build(x, ids, "auto", dataclasses.replace(spec, finalists=1))
     trials, final = seen[:-1], seen[-1]
     assert len(trials) == 2 and all(n == 2500 and len(h) == 150 and t == 2350 for n, t, h in trials)
     assert final[0] == 4000 and final[1] == 3850 and len(final[2]) == 150 and record.recall_queries == 150
@@ -262,3 +262,39 @@ def test_measured_chooser_tunes_on_rows_kept_out_of_the_trial_index(monkeypatch)
     seen.clear()
     autoindex.build(x, ids, "auto", dataclasses.replace(spec, chooser="fixed"))
     assert [h for _, _, h in seen] == [None]  # the fixed rule (the baseline) tunes on items of the collection
+
+
+def test_measured_chooser_keeps_the_finalist_that_does_best_on_all_vectors(monkeypatch):
+    """The two best trials (on a sample) are built and tuned on all vectors; the one faster there is kept, even
+    when the sample ranked it second (a denser collection can need a deeper search)."""
+    x, _ = structured(4000, seed=6)
+    ids = np.arange(4000, dtype=np.int64)
+    spec = AutoIndexSpec(
+        memory_budget=10**9, flat_below=1000, tuning_queries=150, trial_size=2500, target_recall=0.85, chooser="measured",
+        families=("ivf-pqfs-refine", "pca-ivf-pqfs-refine"),
+    )  # fmt: skip
+    real, calls = autoindex.tune, []
+
+    def slow_winner(index, xb, ids_, spec_=None, **kw):
+        tuning = real(index, xb, ids_, spec_, **kw)
+        pca = autoindex.find_stage(index, faiss.IndexPreTransform) is not None
+        calls.append((len(xb), pca, tuning.reached))
+        if len(calls) == 3:  # the sample's winner, on all vectors: make it ten times slower than measured
+            tuning = dataclasses.replace(tuning, ms_per_query=tuning.ms_per_query * 10)
+        return tuning
+
+    monkeypatch.setattr(autoindex, "tune", slow_winner)
+    index, record = autoindex.build(x, ids, "auto", spec)
+    assert [n for n, _, _ in calls] == [2500, 2500, 4000, 4000] and all(ok for _, _, ok in calls)
+    winner_pca, runner_up_pca = calls[2][1], calls[3][1]
+    assert winner_pca != runner_up_pca  # the sample's winner first, then the other family
+    assert ("PCA" in (record.choice or "")) == runner_up_pca  # the runner-up is kept
+    assert "then on all 4,000 vectors" in (record.reason or "") and index.ntotal == 4000
+    assert record.recall_at_10 >= 0.85
+    _, found = index.search(x[:50], 10)
+    assert (found == ids[:50, None]).any(axis=1).mean() >= 0.85
+
+    calls.clear()  # a budget that holds one finished index only: the runner-up is not built
+    one = autocandidates.candidates(4000, 64, spec)[0].bytes_per_vector * 4000 * 1.5
+    autoindex.build(x, ids, "auto", dataclasses.replace(spec, memory_budget=int(one)))
+    assert [n for n, _, _ in calls] == [2500, 2500, 4000]

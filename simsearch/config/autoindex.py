@@ -20,6 +20,7 @@ SEARCH_PARAMS = ("nprobe", "k_factor", "efSearch")  # tuned search parameters an
 CHOOSERS = ("measured", "fixed")  # `auto`: measure every candidate family that fits / the single rule of fe4a9e6
 DEFAULT_CHOOSER = "fixed"
 TRIAL_SIZE = 50_000  # vectors a candidate family is tried on (all of them when the collection is smaller)
+FINALISTS = 2  # best trials built and tuned on all vectors when the trials ran on a sample (a sample is less dense)
 RECALL_TIE = 0.002  # recalls this close count as equal: the cheaper setting wins
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12}
@@ -68,6 +69,7 @@ class AutoIndexSpec:
     seed: int = 0
     chooser: str = DEFAULT_CHOOSER  # measured: try every family that fits; fixed: the single rule of commit fe4a9e6
     trial_size: int = TRIAL_SIZE  # vectors each candidate family is built and tuned on when the chooser measures
+    finalists: int = FINALISTS  # best trials then built on all vectors (when they ran on a sample): the faster kept
     families: tuple[str, ...] = ()  # candidate families the measured chooser may use (empty: all that fit but HNSW)
     vectors_on_disk: bool = False  # re-ranking floats stay in the file (memory-mapped): the budget counts codes only
 
@@ -83,6 +85,8 @@ class AutoIndexSpec:
             raise SimsearchError(f"unknown index chooser {self.chooser!r}: use one of {', '.join(CHOOSERS)}")
         if self.trial_size < 1000:
             raise SimsearchError(f"trial_size must be at least 1000, not {self.trial_size}")
+        if self.finalists < 1:
+            raise SimsearchError(f"finalists must be at least 1, not {self.finalists}")
 
     @classmethod
     def from_options(
