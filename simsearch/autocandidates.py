@@ -9,7 +9,8 @@ Families (factory strings without the ``IDMap2`` prefix; ``m`` sub-quantisers, `
 * float vectors fit the budget — candidates re-ranked exactly from the stored floats (``RFlat``) or a graph:
   ``ivf-pq-refine`` ``IVF,PQ{d/16},RFlat`` (8-bit codes: the fixed rule's choice), ``ivf-pqfs-refine``
   ``IVF,PQ{d/8}x4fs,RFlat`` (4-bit fast-scan codes: twice the sub-quantisers in the same bytes, scanned with SIMD
-  shuffles), ``pca-ivf-pqfs-refine`` ``PCAR{d/4},IVF,PQ{d/8}x4fs,RFlat`` (candidates found in a PCA-rotated,
+  shuffles), ``ivf-pqfs-fine-refine`` ``IVF,PQ{d/4}x4fs,RFlat`` (4-bit codes of 4 dimensions each: d/8 bytes,
+  small beside the floats; on a dense collection they rank candidates well enough to re-rank few), ``pca-ivf-pqfs-refine`` ``PCAR{d/4},IVF,PQ{d/8}x4fs,RFlat`` (candidates found in a PCA-rotated,
   reduced space), ``hnsw`` ``HNSW32`` (a graph over the floats; up to :data:`HNSW_MAX` vectors: FAISS cannot remove
   from it, so a removal rebuilds the graph — see docs/scale.md);
   With ``vectors_on_disk`` the floats of the re-ranking stage are not counted in the budget (they stay in the
@@ -56,7 +57,7 @@ class Plan:
     """A chosen index: its factory string (without the IDMap2 prefix), why, and its estimated size."""
 
     factory: str
-    family: str  # flat | ivf-pq-refine | ivf-pqfs-refine | pca-ivf-pqfs-refine | hnsw | ivf-pq | ivf-pqfs | ...
+    family: str  # flat | ivf-pq-refine | ivf-pqfs-refine | ivf-pqfs-fine-refine | pca-ivf-pqfs-refine | hnsw | ivf-pq | ivf-pqfs | ...
     reason: str
     bytes_per_vector: float
     nlist: int | None = None
@@ -200,6 +201,19 @@ def candidates(n: int, dim: int, spec: AutoIndexSpec | None = None) -> list[Plan
                     "ivf-pqfs-refine",
                     f"{n:,} vectors; the floats {kept}: IVF with 4-bit fast-scan PQ candidates, re-ranked exactly",
                     floats + m_fs / 2,
+                    nlist,
+                    train,
+                )
+            )
+        m_fine = dim // 4  # 4 dimensions per 4-bit sub-quantiser: d/8 bytes, small beside the floats (d × 4 bytes)
+        if not spec.vectors_on_disk and m_fine > m_fs and m_fine % 2 == 0 and dim % m_fine == 0:
+            out.append(
+                Plan(
+                    f"IVF{nlist},PQ{m_fine}x4fs,RFlat",
+                    "ivf-pqfs-fine-refine",
+                    f"{n:,} vectors; the floats fit: IVF with finer 4-bit fast-scan PQ candidates ({m_fine // 2} "
+                    "bytes), re-ranked exactly",
+                    floats + m_fine / 2,
                     nlist,
                     train,
                 )

@@ -72,8 +72,8 @@ GENEROUS, LEAN = 12 * 10**9, 128
 @pytest.mark.parametrize(
     ("n", "lean", "families"),
     [
-        (100_000, False, {"ivf-pq-refine", "ivf-pqfs-refine", "pca-ivf-pqfs-refine"}),  # HNSW only when asked
-        (1_000_000, False, {"ivf-pq-refine", "ivf-pqfs-refine", "pca-ivf-pqfs-refine"}),  # no graph past HNSW_MAX
+        (100_000, False, {"ivf-pq-refine", "ivf-pqfs-refine", "ivf-pqfs-fine-refine", "pca-ivf-pqfs-refine"}),
+        (1_000_000, False, {"ivf-pq-refine", "ivf-pqfs-refine", "ivf-pqfs-fine-refine", "pca-ivf-pqfs-refine"}),
         (100_000, True, {"ivf-pq", "ivf-pqfs", "pca-ivf-pqfs"}),
         (1_000_000, True, {"ivf-pq", "ivf-pqfs", "pca-ivf-pqfs"}),
     ],
