@@ -225,13 +225,18 @@ def test_exact_neighbors_can_leave_rows_out_without_copying():
     assert np.array_equal(rows, kept[sub]) and np.allclose(d, d_ref, atol=1e-5)
 
 
+def two_fast_scan_families(target_recall: float) -> AutoIndexSpec:
+    """The measured chooser over two fast-scan families, tried on 2,500 vectors, tuned on 150 held-out rows."""
+    return AutoIndexSpec(
+        memory_budget=10**9, flat_below=1000, tuning_queries=150, trial_size=2500, target_recall=target_recall,
+        chooser="measured", families=("ivf-pqfs-refine", "pca-ivf-pqfs-refine"),
+    )  # fmt: skip
+
+
 def test_measured_chooser_tunes_on_rows_kept_out_of_the_trial_index(monkeypatch):
     x, _ = structured(4000, seed=5)
     ids = np.arange(4000, dtype=np.int64) * 2 + 1
-    spec = AutoIndexSpec(
-        memory_budget=10**9, flat_below=1000, tuning_queries=150, trial_size=2500, target_recall=0.9, chooser="measured",
-        families=("ivf-pqfs-refine", "pca-ivf-pqfs-refine"),
-    )  # fmt: skip
+    spec = two_fast_scan_families(0.9)
     real, seen = autoindex.tune, []
 
     def spy(index, xb, ids_, spec_=None, **kw):
@@ -269,10 +274,7 @@ def test_measured_chooser_keeps_the_finalist_that_does_best_on_all_vectors(monke
     when the sample ranked it second (a denser collection can need a deeper search)."""
     x, _ = structured(4000, seed=6)
     ids = np.arange(4000, dtype=np.int64)
-    spec = AutoIndexSpec(
-        memory_budget=10**9, flat_below=1000, tuning_queries=150, trial_size=2500, target_recall=0.85, chooser="measured",
-        families=("ivf-pqfs-refine", "pca-ivf-pqfs-refine"),
-    )  # fmt: skip
+    spec = two_fast_scan_families(0.85)
     real, calls = autoindex.tune, []
 
     def slow_winner(index, xb, ids_, spec_=None, **kw):
