@@ -1,7 +1,7 @@
 """The index families ``--index auto`` chooses from, sized for ``n`` vectors of ``dim`` floats and a memory budget
 (pure functions, no FAISS): :func:`fixed_plan` is the single rule of simsearch ≤ 0.x (commit fe4a9e6, kept as the
 ``fixed`` chooser and as a baseline); :func:`candidates` lists every family that fits, for
-:func:`simsearch.autoindex.build` to measure and choose from (the ``measured`` chooser, opt-in: see docs/scale.md).
+:func:`simsearch.autoindex.build` to measure and choose from (the ``measured`` chooser, the default: see docs/scale.md).
 
 Families (factory strings without the ``IDMap2`` prefix; ``m`` sub-quantisers, ``nlist`` ≈ √n inverted lists):
 

@@ -4,9 +4,9 @@ FAISS indexes and the typed settings of :mod:`simsearch.config.autoindex` (no fi
 The candidates (:mod:`simsearch.autocandidates`) depend on the number of vectors ``n``, their dimension and a
 memory budget: exact ``Flat`` below 100k vectors; IVF with 8-bit or 4-bit fast-scan PQ candidates (optionally
 in PCA-reduced space) re-ranked exactly, or an HNSW graph (only when asked for), when the floats fit; PQ codes
-only (memory-lean) when they do not. The ``fixed`` chooser (default) is the single rule of commit fe4a9e6
-(:func:`plan`); the ``measured`` chooser (opt-in) builds and tunes each candidate on a sample and keeps the fastest
-at the target recall.
+only (memory-lean) when they do not. The ``measured`` chooser (default) builds and tunes each candidate on a sample,
+then the best two on all vectors, and keeps the fastest at the target recall; the ``fixed`` chooser is the single
+rule of commit fe4a9e6 (:func:`plan`), kept as the baseline of the scale benchmark.
 
 :func:`build` trains on a random sample, adds, then :func:`tune` picks the search parameters (``nprobe``,
 ``k_factor``, ``efSearch``, set through ``faiss.ParameterSpace``) that reach the target recall@10 against exact
