@@ -8,7 +8,7 @@ only (memory-lean) when they do not. The ``measured`` chooser (default) builds a
 then the best two on all vectors, and keeps the fastest at the target recall; the ``fixed`` chooser is the single
 rule of commit fe4a9e6 (:func:`plan`), kept as the baseline of the scale benchmark.
 
-:func:`build` trains on a random sample, adds, then :func:`tune` picks the search parameters (``nprobe``,
+:func:`build` trains on a random sample, adds, then :func:`simsearch.autotune.tune` picks the search parameters (``nprobe``,
 ``k_factor``, ``efSearch``, set through ``faiss.ParameterSpace``) that reach the target recall@10 against exact
 search on held-out queries at the lowest measured time. The result is an :class:`AutoIndexRecord` (the manifest's
 ``extra["index_auto"]``; ``simsearch info`` shows it). Search parameters are stored in the FAISS file itself.
@@ -23,15 +23,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .autocandidates import MIN_TRAIN, Plan, candidates, default_memory_budget, fixed_plan, flat_below, nlist_for
+from .autotune import Tuning, exact_neighbors, pick, recall_at_k, search_grid, tune
 from .config.autoindex import (
     AUTO_INDEX,
-    RECALL_TIE,
     AutoIndexRecord,
     AutoIndexSpec,
     format_size,
@@ -41,8 +41,6 @@ from .errors import SimsearchError
 from .faissops import (
     FLAT_FACTORY,
     all_vectors,
-    faiss_module,
-    find_stage,
     is_exact_flat,
     is_exact_storage,
     no_polysemous,
@@ -60,12 +58,14 @@ __all__ = [  # the FAISS helpers are re-exported: callers know them as autoindex
     "all_vectors",
     "build",
     "describe",
+    "exact_neighbors",
     "finalize",
     "is_exact_storage",
     "plan",
     "prepare",
     "rebuild",
     "rebuild_advice",
+    "recall_at_k",
     "remove_ids",
     "search_params",
     "set_search_params",
@@ -73,11 +73,7 @@ __all__ = [  # the FAISS helpers are re-exported: callers know them as autoindex
 ]
 
 AUTO = AUTO_INDEX
-RECALL_K = 10
 HOLD_OUT_MIN = 500  # below this many vectors the measured chooser tunes on items of the collection, like the fixed rule
-REFINE_DEPTHS = (2, 4, 8, 16, 32, 64, 128)  # k_factor values tried: candidates re-ranked = k_factor × k. A denser
-# collection needs deeper re-ranking for the same recall (1M mixture vectors: 4-bit fast-scan codes stayed at 0.894
-# with 32, where 50,000 of them reached 0.964)
 REBUILD_GROWTH = 4.0  # `simsearch rebuild` is advised once the index holds this many times what it was trained on
 
 
@@ -87,144 +83,6 @@ REBUILD_GROWTH = 4.0  # `simsearch rebuild` is advised once the index holds this
 def plan(n: int, dim: int, spec: AutoIndexSpec | None = None) -> Plan:
     """The index the fixed rule picks for ``n`` vectors (the first candidate of the measured chooser)."""
     return fixed_plan(n, dim, spec)
-
-
-def _pick(results: list[dict[str, Any]], target: float) -> dict[str, Any]:
-    """The cheapest result (``ms``) whose ``recall`` reaches ``target``; when none does, the cheapest of those
-    within :data:`RECALL_TIE` of the best recall (a setting that costs more for the same recall is not kept)."""
-    ok = [r for r in results if r["recall"] >= target]
-    if ok:
-        return min(ok, key=lambda r: r["ms"])
-    best = max(r["recall"] for r in results)
-    return min((r for r in results if r["recall"] >= best - RECALL_TIE), key=lambda r: (r["ms"], -r["recall"]))
-
-
-# ------------------------------------------------------------------------------ tuning
-
-
-def exact_neighbors(
-    xq: np.ndarray, xb: np.ndarray, k: int, chunk: int = 200_000, *, skip: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` by inner product of ``xq`` in ``xb`` (row numbers), in chunks of ``xb``; rows in ``skip``
-    (sorted) are left out, as if ``xb`` did not hold them (without copying ``xb``)."""
-    faiss = faiss_module()
-
-    xq = np.ascontiguousarray(xq, dtype=np.float32)
-    best_d = np.full((len(xq), k), -np.inf, dtype=np.float32)
-    best_i = np.full((len(xq), k), -1, dtype=np.int64)
-    for start in range(0, len(xb), chunk):
-        part = np.ascontiguousarray(xb[start : start + chunk], dtype=np.float32)
-        here = np.empty(0, np.int64) if skip is None else skip[(skip >= start) & (skip < start + len(part))]
-        extra = len(here)  # enough more neighbours that k remain once they are left out
-        d, i = faiss.knn(xq, part, min(k + extra, len(part)), metric=faiss.METRIC_INNER_PRODUCT)
-        i = np.where(i >= 0, i + start, -1)
-        if extra:
-            gone = np.isin(i, here)
-            d, i = np.where(gone, -np.inf, d).astype(np.float32), np.where(gone, -1, i)
-        d = np.concatenate([best_d, d], axis=1)
-        i = np.concatenate([best_i, i], axis=1)
-        order = np.argsort(-d, axis=1, kind="stable")[:, :k]
-        best_d, best_i = np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
-    return best_d, best_i
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = RECALL_K) -> float:
-    """Mean fraction of each row's true top-``k`` present in its found top-``k``."""
-    hits = [len(set(f[:k].tolist()) & set(t[:k].tolist()) - {-1}) for f, t in zip(found, truth, strict=True)]
-    return float(np.mean(hits) / k) if hits else 1.0
-
-
-def _drop_self(rows: np.ndarray, selves: np.ndarray, k: int) -> np.ndarray:
-    out = np.full((len(rows), k), -1, dtype=np.int64)
-    for r, (row, s) in enumerate(zip(rows, selves, strict=True)):
-        row = row[row != s][:k]
-        out[r, : len(row)] = row
-    return out
-
-
-def _grid(index: Any) -> list[list[dict[str, float]]]:
-    """Candidate search parameters: for each secondary setting, a list of increasingly expensive primary ones."""
-    faiss = faiss_module()
-
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        nlist = int(ivf.nlist)
-        probes = [v for v in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512) if v <= nlist]
-        if nlist not in probes and nlist <= 1024:
-            probes.append(nlist)
-        if find_stage(index, faiss.IndexRefine) is not None:
-            return [[{"nprobe": v, "k_factor": kf} for v in probes] for kf in REFINE_DEPTHS]
-        return [[{"nprobe": v} for v in probes]]
-    if find_stage(index, faiss.IndexHNSW) is not None:
-        return [[{"efSearch": v} for v in (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)]]
-    return []
-
-
-@dataclass(frozen=True)
-class Tuning:
-    params: dict[str, float]
-    recall_at_10: float
-    ms_per_query: float
-    queries: int
-    reached: bool
-    tried: list[dict[str, float]] = field(default_factory=list)
-
-
-def tune(
-    index: Any,
-    xb: np.ndarray,
-    ids: np.ndarray,
-    spec: AutoIndexSpec | None = None,
-    *,
-    avoid: np.ndarray | None = None,
-    held: np.ndarray | None = None,
-    k: int = RECALL_K,
-) -> Tuning | None:
-    """Pick the fastest search parameters whose recall@k (against exact search over ``xb``, the vectors in
-    ``index``) reaches the spec's target. Queries: the rows ``held`` of ``xb`` when given (held out: not in the
-    index, nor in the truth; the measured chooser's way, see :func:`_build_one`), else ``spec.tuning_queries`` items of the collection not in
-    ``avoid`` (the training sample), each excluded from its own results (the fixed rule's way: for a graph, such
-    in-index queries are easier than new ones). Leaves the chosen parameters set on ``index``. None when the index
-    has nothing to tune."""
-    spec = spec or AutoIndexSpec()
-    grid = _grid(index)
-    if not grid or index.ntotal == 0:
-        return None
-    if held is not None:
-        xq = np.ascontiguousarray(xb[held], dtype=np.float32)
-        kk, selves = min(k, len(xb) - len(held)), None
-        _, truth_rows = exact_neighbors(xq, xb, kk, skip=held)
-        truth = np.where(truth_rows >= 0, ids[np.maximum(truth_rows, 0)], -1)
-    else:
-        rng = np.random.default_rng(spec.seed + 1)
-        pool = np.arange(len(xb))
-        if avoid is not None and len(avoid) < len(xb) - 50:
-            pool = np.setdiff1d(pool, avoid)
-        qrows = np.sort(rng.choice(pool, size=min(spec.tuning_queries, len(pool)), replace=False))
-        xq = np.ascontiguousarray(xb[qrows], dtype=np.float32)
-        kk, selves = min(k + 1, len(xb)), ids[qrows]
-        _, truth_rows = exact_neighbors(xq, xb, kk)
-        truth = _drop_self(np.where(truth_rows >= 0, ids[np.maximum(truth_rows, 0)], -1), selves, k)
-    tried: list[dict[str, float]] = []
-    for line in grid:
-        best_here, stale = -1.0, 0
-        for params in line:
-            set_search_params(index, params)
-            t0 = time.perf_counter()
-            _, found = index.search(xq, kk)
-            ms = (time.perf_counter() - t0) * 1000 / len(xq)
-            r = recall_at_k(found if selves is None else _drop_self(found, selves, k), truth, k)
-            tried.append({**params, "recall": round(r, 4), "ms": round(ms, 4)})
-            if r >= spec.target_recall:
-                break
-            stale = stale + 1 if r <= best_here + 1e-3 else 0
-            best_here = max(best_here, r)
-            if stale >= 2:
-                break
-    best = _pick(tried, spec.target_recall)
-    params = {key: v for key, v in best.items() if key not in ("recall", "ms")}
-    set_search_params(index, params)
-    return Tuning(params, best["recall"], best["ms"], len(xq), best["recall"] >= spec.target_recall, tried)
 
 
 # ------------------------------------------------------------------------------ building
@@ -291,7 +149,7 @@ def _build_one(
             ) from None
     t_train = time.perf_counter() - t0
     prepare(index)
-    held = held_out_rows(n, spec, train_rows) if _grid(index) else None
+    held = held_out_rows(n, spec, train_rows) if search_grid(index) else None
     kept = None if held is None else np.setdiff1d(np.arange(n), held)
     bar = progress_bar(n, "adding", unit="vec", enabled=progress)
     _add(index, xb, ids, kept, add_chunk, bar)
@@ -329,10 +187,10 @@ def _measure(
         })  # fmt: skip
         if not whole:
             del built
-    best = _pick(results, spec.target_recall)
+    best = pick(results, spec.target_recall)
     ranked, rest = [best], [r for r in results if r is not best and r["recall"] >= spec.target_recall]
     while rest and not whole and len(ranked) < spec.finalists:
-        ranked.append(_pick(rest, spec.target_recall))
+        ranked.append(pick(rest, spec.target_recall))
         rest.remove(ranked[-1])
     where = "all vectors" if whole else f"a sample of {len(xs):,}"
     tried = "; ".join(f"{r['plan'].family} {r['recall']:.3f} at {r['ms']:.3f} ms" for r in results)
@@ -359,7 +217,7 @@ def _final(
         result = {"plan": p, "built": built, "recall": t.recall_at_10 if t else 1.0,
                   "ms": t.ms_per_query if t else float("inf")}  # fmt: skip
         checked.append({key: v for key, v in result.items() if key != "built"})
-        if kept is None or _pick([kept, result], spec.target_recall) is result:
+        if kept is None or pick([kept, result], spec.target_recall) is result:
             kept = result  # the other index is dropped here: at most two are held at once
         del built
     assert kept is not None

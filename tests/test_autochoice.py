@@ -12,7 +12,7 @@ import pytest
 from fakevectors import VectorEmbedder, write_files
 
 import simsearch
-from simsearch import autocandidates, autoindex, synthetic
+from simsearch import autocandidates, autoindex, autotune, faissops, synthetic
 from simsearch.backbones import l2_normalize
 from simsearch.compact import compact_index
 from simsearch.config.autoindex import AutoIndexSpec
@@ -104,8 +104,8 @@ def test_pick_keeps_the_cheapest_setting_within_0_002_of_the_best_recall():
         {"nprobe": 96, "recall": 0.9124, "ms": 3.0},  # the best recall, by less than 0.002: not worth its cost
         {"nprobe": 128, "recall": 0.9123, "ms": 4.0},
     ]
-    assert autoindex._pick(tried, 0.95)["nprobe"] == 64
-    assert autoindex._pick(tried, 0.9)["nprobe"] == 32  # reachable: the cheapest that reaches it
+    assert autotune.pick(tried, 0.95)["nprobe"] == 64
+    assert autotune.pick(tried, 0.9)["nprobe"] == 32  # reachable: the cheapest that reaches it
 
 
 def test_tuning_an_unreachable_target_keeps_the_cheapest_near_best_setting():
@@ -279,7 +279,7 @@ def test_measured_chooser_keeps_the_finalist_that_does_best_on_all_vectors(monke
 
     def slow_winner(index, xb, ids_, spec_=None, **kw):
         tuning = real(index, xb, ids_, spec_, **kw)
-        pca = autoindex.find_stage(index, faiss.IndexPreTransform) is not None
+        pca = faissops.find_stage(index, faiss.IndexPreTransform) is not None
         calls.append((len(xb), pca, tuning.reached))
         if len(calls) == 3:  # the sample's winner, on all vectors: make it ten times slower than measured
             tuning = dataclasses.replace(tuning, ms_per_query=tuning.ms_per_query * 10)
