@@ -10,9 +10,10 @@ Families (factory strings without the ``IDMap2`` prefix; ``m`` sub-quantisers, `
   ``ivf-pq-refine`` ``IVF,PQ{d/16},RFlat`` (8-bit codes: the fixed rule's choice), ``ivf-pqfs-refine``
   ``IVF,PQ{d/8}x4fs,RFlat`` (4-bit fast-scan codes: twice the sub-quantisers in the same bytes, scanned with SIMD
   shuffles), ``ivf-pqfs-fine-refine`` ``IVF,PQ{d/4}x4fs,RFlat`` (4-bit codes of 4 dimensions each: d/8 bytes,
-  small beside the floats; on a dense collection they rank candidates well enough to re-rank few), ``pca-ivf-pqfs-refine`` ``PCAR{d/4},IVF,PQ{d/8}x4fs,RFlat`` (candidates found in a PCA-rotated,
-  reduced space), ``hnsw`` ``HNSW32`` (a graph over the floats; up to :data:`HNSW_MAX` vectors: FAISS cannot remove
-  from it, so a removal rebuilds the graph — see docs/scale.md);
+  small beside the floats; on a dense collection they rank candidates well enough to re-rank few),
+  ``pca-ivf-pqfs-refine`` ``PCAR{d/4},IVF,PQ{d/8}x4fs,RFlat`` (candidates found in a PCA-rotated, reduced space),
+  ``hnsw`` ``HNSW32`` (a graph over the floats; up to :data:`HNSW_MAX` vectors: FAISS cannot remove from it, so a
+  removal rebuilds the graph — see docs/scale.md);
   With ``vectors_on_disk`` the floats of the re-ranking stage are not counted in the budget (they stay in the
   index file, memory-mapped; only what queries touch is paged in), so these families serve memory-lean budgets
   too (HNSW excepted);
@@ -57,7 +58,7 @@ class Plan:
     """A chosen index: its factory string (without the IDMap2 prefix), why, and its estimated size."""
 
     factory: str
-    family: str  # flat | ivf-pq-refine | ivf-pqfs-refine | ivf-pqfs-fine-refine | pca-ivf-pqfs-refine | hnsw | ivf-pq | ivf-pqfs | ...
+    family: str  # flat | ivf-pq-refine | ivf-pqfs[-fine]-refine | pca-ivf-pqfs-refine | hnsw | ivf-pq | ivf-pqfs | ...
     reason: str
     bytes_per_vector: float
     nlist: int | None = None

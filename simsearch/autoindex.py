@@ -8,10 +8,11 @@ only (memory-lean) when they do not. The ``measured`` chooser (default) builds a
 then the best two on all vectors, and keeps the fastest at the target recall; the ``fixed`` chooser is the single
 rule of commit fe4a9e6 (:func:`plan`), kept as the baseline of the scale benchmark.
 
-:func:`build` trains on a random sample, adds, then :func:`simsearch.autotune.tune` picks the search parameters (``nprobe``,
-``k_factor``, ``efSearch``, set through ``faiss.ParameterSpace``) that reach the target recall@10 against exact
-search on held-out queries at the lowest measured time. The result is an :class:`AutoIndexRecord` (the manifest's
-``extra["index_auto"]``; ``simsearch info`` shows it). Search parameters are stored in the FAISS file itself.
+:func:`build` trains on a random sample, adds, then :func:`simsearch.autotune.tune` picks the search parameters
+(``nprobe``, ``k_factor``, ``efSearch``, set through ``faiss.ParameterSpace``) that reach the target recall@10
+against exact search on held-out queries at the lowest measured time. The result is an :class:`AutoIndexRecord`
+(the manifest's ``extra["index_auto"]``; ``simsearch info`` shows it). Search parameters are stored in the FAISS
+file itself.
 
 The index writer calls :func:`finalize` at the end of a run (an ``auto`` index still exact ``Flat`` is chosen again
 for its size) and :func:`remove_ids` to delete: FAISS cannot remove ids from an ``IDMap2`` over an IVF correctly
@@ -164,11 +165,24 @@ def _build_one(
     return _Built(index, full, tuning, train_rows, t_train, t_add, t_tune)
 
 
+def _result(plan: Plan, built: _Built, *, keep: bool) -> dict[str, Any]:
+    """A built candidate as :func:`pick` compares it: its tuned recall@10 and time per query (an index with nothing
+    to tune is exact: recall 1, never the cheaper). ``keep``: hold on to the index itself (else it can be freed)."""
+    t = built.tuning
+    recall, ms = (t.recall_at_10, t.ms_per_query) if t else (1.0, float("inf"))
+    return {"plan": plan, "built": built if keep else None, "recall": recall, "ms": ms}
+
+
+def _listed(results: list[dict[str, Any]]) -> str:
+    """The candidates' measurements, for the record's ``reason``."""
+    return "; ".join(f"{r['plan'].family} {r['recall']:.3f} at {r['ms']:.3f} ms" for r in results)
+
+
 def _measure(
     xb: np.ndarray, ids: np.ndarray, plans: list[Plan], spec: AutoIndexSpec, progress: bool, add_chunk: int
 ) -> tuple[list[Plan], _Built | None, str]:
     """Build and tune every candidate on the same sample (all vectors when there are at most ``trial_size``) and
-    rank them with :func:`_pick` on their tuned recall and time per query. Returns the winner followed by the other
+    rank them with :func:`pick` on their tuned recall and time per query. Returns the winner followed by the other
     trials that reached the target, best first (``spec.finalists`` at most; only the winner when the trials ran on
     all vectors), the winner's index when the trial was on every vector, and a summary of the trials."""
     n = len(xb)
@@ -180,28 +194,22 @@ def _measure(
         factory = p.factory if whole else p.for_size(len(xs))
         log.info("trying %s on %d vectors", factory, len(xs))
         built = _build_one(xs, ids_s, factory, spec, None if not whole else p.train_size, progress, add_chunk)
-        t = built.tuning
-        results.append({
-            "plan": p, "built": built if whole else None, "recall": t.recall_at_10 if t else 1.0,
-            "ms": t.ms_per_query if t else float("inf"), "seconds": built.t_train + built.t_add,
-        })  # fmt: skip
-        if not whole:
-            del built
+        results.append(_result(p, built, keep=whole))
+        del built
     best = pick(results, spec.target_recall)
     ranked, rest = [best], [r for r in results if r is not best and r["recall"] >= spec.target_recall]
     while rest and not whole and len(ranked) < spec.finalists:
         ranked.append(pick(rest, spec.target_recall))
         rest.remove(ranked[-1])
     where = "all vectors" if whole else f"a sample of {len(xs):,}"
-    tried = "; ".join(f"{r['plan'].family} {r['recall']:.3f} at {r['ms']:.3f} ms" for r in results)
-    summary = f"measured on {where} (recall@10 at ms/query): {tried}"
+    summary = f"measured on {where} (recall@10 at ms/query): {_listed(results)}"
     return [r["plan"] for r in ranked], best["built"], summary
 
 
 def _final(
     xb: np.ndarray, ids: np.ndarray, finalists: list[Plan], spec: AutoIndexSpec, progress: bool, add_chunk: int
 ) -> tuple[Plan, _Built, str]:
-    """Build the finalists on all vectors, one after the other, and keep the one :func:`_pick` prefers on its
+    """Build the finalists on all vectors, one after the other, and keep the one :func:`pick` prefers on its
     tuning there: a sample is less dense than the whole collection, so it can misjudge how deep a family must
     search (4-bit codes needed 4× the re-ranking depth on 1M vectors that they needed on 50,000). The next
     finalist is built only while two finished indexes fit the memory budget."""
@@ -212,19 +220,15 @@ def _final(
     for p in finalists:
         if kept is not None and (p.bytes_per_vector + kept["plan"].bytes_per_vector) * n > budget:
             break
-        built = _build_one(xb, ids, p.factory, spec, p.train_size, progress, add_chunk)
-        t = built.tuning
-        result = {"plan": p, "built": built, "recall": t.recall_at_10 if t else 1.0,
-                  "ms": t.ms_per_query if t else float("inf")}  # fmt: skip
+        result = _result(p, _build_one(xb, ids, p.factory, spec, p.train_size, progress, add_chunk), keep=True)
         checked.append({key: v for key, v in result.items() if key != "built"})
         if kept is None or pick([kept, result], spec.target_recall) is result:
-            kept = result  # the other index is dropped here: at most two are held at once
-        del built
+            kept = result
+        del result  # the index not kept is dropped here: at most two are held at once
     assert kept is not None
     if len(checked) < 2:
         return kept["plan"], kept["built"], ""
-    where = "; ".join(f"{r['plan'].family} {r['recall']:.3f} at {r['ms']:.3f} ms" for r in checked)
-    return kept["plan"], kept["built"], f"then on all {n:,} vectors: {where}; kept {kept['plan'].family}"
+    return kept["plan"], kept["built"], f"then on all {n:,} vectors: {_listed(checked)}; kept {kept['plan'].family}"
 
 
 def build(

@@ -113,10 +113,10 @@ def tune(
 ) -> Tuning | None:
     """Pick the fastest search parameters whose recall@k (against exact search over ``xb``, the vectors in
     ``index``) reaches the spec's target. Queries: the rows ``held`` of ``xb`` when given (held out: not in the
-    index, nor in the truth; the measured chooser's way, see :func:`_build_one`), else ``spec.tuning_queries`` items of the collection not in
-    ``avoid`` (the training sample), each excluded from its own results (the fixed rule's way: for a graph, such
-    in-index queries are easier than new ones). Leaves the chosen parameters set on ``index``. None when the index
-    has nothing to tune."""
+    index, nor in the truth; the measured chooser's way, see :func:`simsearch.autoindex._build_one`), else
+    ``spec.tuning_queries`` items of the collection not in ``avoid`` (the training sample), each excluded from its
+    own results (the fixed rule's way: for a graph, such in-index queries are easier than new ones). Leaves the
+    chosen parameters set on ``index``. None when the index has nothing to tune."""
     spec = spec or AutoIndexSpec()
     grid = search_grid(index)
     if not grid or index.ntotal == 0:
