@@ -4,16 +4,8 @@ Nothing else reads or writes an index's files: the build step writes through :cl
 searches read a :class:`Snapshot`.
 """
 
-from .generation import (
-    DEFAULT_FACTORY,
-    GenerationWriter,
-    faiss_message,
-    load_augmented,
-    load_generation,
-    new_faiss_index,
-    now,
-    writer_lock,
-)
+from .generation import DEFAULT_FACTORY, GenerationWriter, new_faiss_index, now, writer_lock
+from .loading import faiss_message, load_augmented, load_generation
 from .manifest import (
     ATTRIBUTE_TYPES,
     AUGMENT_KEY,

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import IndexFormatError
 from ..filters import AttributeTable
-from .generation import load_augmented, load_generation
+from .loading import load_augmented, load_generation
 from .manifest import Manifest, existing_index, read_manifest
 from .metadata import Item, Metadata
 
